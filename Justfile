@@ -1,0 +1,24 @@
+# service-slm tasks. Every recipe first runs build/bootstrap.sh (fast when nothing changed).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+bin := justfile_directory() / ".venv/bin"
+
+# list the recipes
+default:
+    @just --list
+
+# install everything (apt packages, .venv, portable llama-cpp-python, default model)
+setup:
+    build/bootstrap.sh
+
+# start the Doorman on the default model at 127.0.0.1:8080 (extra flags go to `slm serve`)
+serve *ARGS: setup
+    {{bin}}/slm serve {{ARGS}}
+
+# run the whole test suite (extra arguments go to pytest)
+test *ARGS: setup
+    {{bin}}/pytest {{ARGS}}
+
+# speed and memory figures of the default model, against llama.cpp's llama-bench
+bench: setup
+    {{bin}}/python tests/bench/bench.py

@@ -1,0 +1,126 @@
+"""The ``slm`` command: ``serve`` the Doorman, inspect ``config``.
+
+Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use),
+2 invalid configuration or usage. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+
+from slm import __version__
+from slm.errors import ConfigError, SlmError
+from slm.settings import (
+    add_flags,
+    flag_overrides,
+    load_api_keys,
+    load_settings,
+    settings_doc,
+)
+
+log = logging.getLogger("slm.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slm", description="service-slm, the Doorman: an OpenAI-compatible LLM gateway."
+    )
+    parser.add_argument("--version", action="version", version=f"slm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP service")
+    serve.add_argument("--config", type=Path, default=None,
+                       help="TOML config file (default: /etc/slm/slm.toml when present)")
+    add_flags(serve)
+
+    config = sub.add_parser("config", help="show the effective configuration or its docs")
+    config.add_argument("action", choices=["show", "doc"])
+    config.add_argument("--config", type=Path, default=None, help="TOML config file")
+    add_flags(config)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, flag_overrides(args))
+    api_keys = load_api_keys(settings)
+
+    from slm.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    # libgomp reads its wait policy when llama.cpp's libraries load, i.e. on first import.
+    os.environ["OMP_WAIT_POLICY"] = settings.omp_wait_policy.upper()
+
+    from slm.model_file import open_model_file
+
+    model_file = open_model_file(settings.model, settings.model_sha256)
+
+    import uvicorn
+
+    from slm.api.app import create_app
+    from slm.engine import quiet_llama_logs
+    from slm.service import Doorman
+
+    quiet_llama_logs()
+    doorman = Doorman(settings, model_file, api_keys)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(doorman), host=settings.host, port=settings.port, log_config=None,
+            access_log=False, lifespan="off", timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+    )
+
+    def load() -> None:
+        try:
+            doorman.load()
+        except SlmError as exc:
+            log.error("model load failed: %s", exc.one_line())
+            server.should_exit = True
+        except Exception:  # noqa: BLE001
+            log.exception("model load failed")
+            doorman.load_error = SlmError("model load failed")
+            server.should_exit = True
+
+    log.info("starting", extra={"version": __version__, "host": settings.host,
+                                "port": settings.port, "model": str(model_file.path)})
+    threading.Thread(target=load, name="slm-load", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        doorman.close()
+    if doorman.load_error is not None:
+        print(f"slm: error: {doorman.load_error.one_line()}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.action == "doc":
+        print(settings_doc())
+        return 0
+    settings = load_settings(args.config, flag_overrides(args))
+    print(json.dumps(settings.redacted(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``slm`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _config(args)
+    except ConfigError as exc:
+        print(f"slm: config error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except SlmError as exc:
+        print(f"slm: error: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,127 @@
+"""Shared fixtures: generated tiny models and real `slm serve` processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_model import write_tiny_model  # noqa: E402
+
+SLM = [sys.executable, "-m", "slm"]
+TINY_ID = "tiny"
+EOG_BIAS = {"2": -100, "4": -100}  # bans </s> and <|im_end|>: generation runs to max_tokens
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real `slm serve` subprocess on a loopback port."""
+
+    def __init__(self, tmp: Path, model: Path | None, config: str = "", *extra: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config = tmp / f"slm-{self.port}.toml"
+        self.config.write_text(config)
+        self.log_path = tmp / f"slm-{self.port}.log"
+        args = [*SLM, "serve", "--config", str(self.config), "--port", str(self.port),
+                "--threads", "2", "--omp-wait-policy", "passive", *extra]
+        if model is not None:
+            args += ["--model", str(model), "--model-id", TINY_ID]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, headers: dict[str, str] | None = None) -> float:
+        text = httpx.get(self.base + "/metrics", headers=headers, timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_embed_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-embed.gguf", pooling=True)
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Factory: start a server with a model and TOML config; all are stopped at the end."""
+    servers: list[Server] = []
+    tmp = tmp_path_factory.mktemp("servers")
+
+    def start(model: Path | None, config: str = "", *extra: str) -> Server:
+        server = Server(tmp, model, config, *extra)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_server(start_server, tiny_model: Path) -> Server:
+    """The shared server on the tiny model with default settings (ctx 4096)."""
+    return start_server(tiny_model)
+
+
+@pytest.fixture
+def client(tiny_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tiny_server.base, timeout=60) as c:
+        yield c
+
+
+def run_slm(*args: str, timeout: float = 60, env: dict[str, str] | None = None):
+    """Run the `slm` CLI to completion; returns the CompletedProcess."""
+    return subprocess.run(
+        [*SLM, *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

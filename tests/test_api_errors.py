@@ -1,0 +1,131 @@
+"""Every refusal in OpenAI's error shape with the right status; the server stays healthy."""
+
+import httpx
+import pytest
+
+from conftest import TINY_ID
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def assert_error(r, status, code=None, param=None):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"] and "Traceback" not in err["message"]
+    if code is not None:
+        assert err["code"] == code
+    if param is not None:
+        assert err["param"] == param
+    return err
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": TINY_ID, "messages": [{"role": "bot", "content": "x"}]}, "messages[0].role"),
+        ({"model": TINY_ID, "messages": USER, "max_tokens": "ten"}, "max_tokens"),
+        ({"model": TINY_ID, "messages": USER, "temperature": 3}, "temperature"),
+        ({"model": TINY_ID, "messages": USER, "top_p": 0}, "top_p"),
+        ({"model": TINY_ID, "messages": USER, "n": 2}, "n"),
+        ({"model": TINY_ID, "messages": USER, "max_tokens": 0}, "max_tokens"),
+        ({"model": TINY_ID, "messages": USER, "stop": ["a"] * 17}, "stop"),
+        ({"model": TINY_ID, "messages": USER, "stop": [""]}, "stop"),
+        ({"model": TINY_ID, "messages": USER, "logit_bias": {"99999": 1}}, "logit_bias"),
+        ({"model": TINY_ID, "messages": []}, "messages"),
+        ({"model": TINY_ID, "messages": "hello"}, "messages"),
+        ({"model": TINY_ID}, None),
+        ({"model": TINY_ID, "messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"model": TINY_ID, "messages": USER, "response_format": {"type": "xml"}},
+         "response_format.type"),
+        ({"model": TINY_ID, "messages": USER,
+          "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+         "response_format.json_schema"),
+        ({"model": TINY_ID, "messages": USER, "tools": [{"type": "function"}]}, "tools"),
+        ({"model": TINY_ID, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content"),
+    ],
+)
+def test_bad_requests_get_400(client, body, param):
+    assert_error(client.post("/v1/chat/completions", json=body), 400, param=param)
+
+
+def test_unknown_fields_are_ignored(client):
+    r = client.post("/v1/chat/completions", json={
+        "model": TINY_ID, "messages": USER, "max_tokens": 1, "some_future_field": {"x": 1}})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("raw", [b"{bad", b"", b"[1,2]", b"null", "{\"model\": \"\xff\"}".encode("latin-1")])
+def test_malformed_json_gets_400(client, raw):
+    r = client.post("/v1/chat/completions", content=raw,
+                    headers={"content-type": "application/json"})
+    assert_error(r, 400)
+
+
+def test_unknown_model_is_404_never_a_fallback(client):
+    r = client.post("/v1/chat/completions", json={"model": "gpt-4", "messages": USER})
+    assert_error(r, 404, code="model_not_found", param="model")
+    assert_error(client.get("/v1/models/gpt-4"), 404, code="model_not_found")
+
+
+def test_unknown_route_and_wrong_method(client):
+    assert_error(client.get("/v1/nothing"), 404)
+    assert_error(client.get("/v1/chat/completions"), 405)
+
+
+def test_prompt_longer_than_context_is_refused_before_any_decode(client, tiny_server):
+    before = tiny_server.metric("slm_prompt_tokens_total")
+    long = "hello world " * 3000  # > 4096 tokens
+    r = client.post("/v1/chat/completions",
+                    json={"model": TINY_ID, "messages": [{"role": "user", "content": long}]})
+    assert_error(r, 400, code="context_length_exceeded")
+    assert tiny_server.metric("slm_prompt_tokens_total") == before
+
+
+def test_max_tokens_beyond_context_is_refused(client):
+    r = client.post("/v1/chat/completions",
+                    json={"model": TINY_ID, "messages": USER, "max_tokens": 5000})
+    assert_error(r, 400, code="context_length_exceeded", param="max_tokens")
+
+
+def test_body_over_the_limit_is_413(start_server, tiny_model):
+    server = start_server(tiny_model, "[server]\nmax_body_bytes = 2048\n")
+    big = {"model": TINY_ID, "messages": [{"role": "user", "content": "x" * 5000}]}
+    assert_error(httpx.post(server.base + "/v1/chat/completions", json=big), 413)
+
+    def chunked():  # no Content-Length: the limit holds while streaming the body in
+        for _ in range(10):
+            yield b" " * 1000
+    r = httpx.post(server.base + "/v1/chat/completions", content=chunked())
+    assert_error(r, 413)
+    ok = httpx.post(server.base + "/v1/chat/completions",
+                    json={"model": TINY_ID, "messages": USER, "max_tokens": 1})
+    assert ok.status_code == 200
+
+
+def test_api_keys_are_required_except_for_health(start_server, tiny_model, tmp_path):
+    keyfile = tmp_path / "keys.txt"
+    keyfile.write_text("file-key-123456\n")
+    server = start_server(
+        tiny_model, f'[server]\napi_keys = ["config-key-123456"]\napi_key_file = "{keyfile}"\n')
+    url = server.base + "/v1/chat/completions"
+    body = {"model": TINY_ID, "messages": USER, "max_tokens": 1}
+    assert_error(httpx.post(url, json=body), 401, code="invalid_api_key")
+    assert_error(httpx.post(url, json=body, headers={"Authorization": "Bearer wrong-key-1234"}),
+                 401)
+    assert_error(httpx.post(url, json=body, headers={"Authorization": "config-key-123456"}), 401)
+    assert_error(httpx.get(server.base + "/v1/models"), 401)
+    assert_error(httpx.get(server.base + "/metrics"), 401)
+    for key in ("config-key-123456", "file-key-123456"):
+        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+    assert httpx.get(server.base + "/health").status_code == 200
+
+
+def test_bad_requests_leave_the_server_serving(client):
+    for raw in (b"{", b"\x00\x01", b'{"model": 1}'):
+        client.post("/v1/chat/completions", content=raw)
+    r = client.post("/v1/chat/completions",
+                    json={"model": TINY_ID, "messages": USER, "max_tokens": 2})
+    assert r.status_code == 200

@@ -1,0 +1,67 @@
+"""`slm serve` refuses bad configuration and bad model files with one line and an exit code."""
+
+import hashlib
+
+import pytest
+
+from conftest import free_port, run_slm
+
+
+def serve(*args, timeout=60):
+    return run_slm("serve", "--port", str(free_port()), *args, timeout=timeout)
+
+
+def test_invalid_config_exits_2_naming_the_key(tmp_path):
+    cfg = tmp_path / "slm.toml"
+    cfg.write_text("[server]\nqueue_depth = 0\n")
+    r = serve("--config", str(cfg))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "server.queue_depth" in r.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    r = serve("--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_missing_model_exits_1(tmp_path):
+    r = serve("--model", str(tmp_path / "missing.gguf"))
+    assert r.returncode == 1
+    assert "model file not found" in r.stderr
+
+
+def test_not_a_gguf_exits_1(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"this is not a model" * 100)
+    r = serve("--model", str(bad))
+    assert r.returncode == 1 and "not a GGUF" in r.stderr
+
+
+def test_sha256_mismatch_exits_1(tiny_model):
+    r = serve("--model", str(tiny_model), "--model-sha256", "0" * 64)
+    assert r.returncode == 1 and "sha256" in r.stderr
+
+
+def test_truncated_model_fails_to_load_and_exits_1(tiny_model, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_model.read_bytes()[: tiny_model.stat().st_size // 2])
+    r = serve("--model", str(cut), timeout=60)
+    assert r.returncode == 1
+    assert "load" in r.stderr.lower()
+
+
+def test_matching_sha256_is_accepted_by_config_show(tiny_model):
+    digest = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    r = run_slm("config", "show", "--model-sha256", digest, "--port", "9999")
+    assert r.returncode == 0 and '"port": 9999' in r.stdout
+
+
+@pytest.mark.parametrize("flag", ["--port=abc", "--queue-depth=x"])
+def test_bad_flag_values_exit_2(flag):
+    assert run_slm("serve", flag).returncode == 2
+
+
+def test_config_doc_lists_settings():
+    r = run_slm("config", "doc")
+    assert r.returncode == 0 and "`server.port`" in r.stdout

@@ -1,0 +1,27 @@
+"""Liveness is not readiness: /ready is 503 until the model is loaded and warm."""
+
+from starlette.testclient import TestClient
+
+from slm.api.app import create_app
+from slm.model_file import open_model_file
+from slm.service import Doorman
+from slm.settings import Settings
+
+from conftest import TINY_ID
+
+
+def test_ready_is_503_until_loaded_then_200(tiny_model):
+    doorman = Doorman(Settings(model_id=TINY_ID, threads=1), open_model_file(tiny_model, None), [])
+    client = TestClient(create_app(doorman))
+    assert client.get("/health").status_code == 200
+    r = client.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "model_loading"
+    chat = client.post("/v1/chat/completions",
+                       json={"model": TINY_ID, "messages": [{"role": "user", "content": "x"}]})
+    assert chat.status_code == 503
+    doorman.load()
+    try:
+        assert client.get("/ready").status_code == 200
+    finally:
+        doorman.close()

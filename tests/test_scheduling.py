@@ -1,0 +1,94 @@
+"""Bounded queue (429), client-disconnect cancellation and deadlines (504)."""
+
+import json
+import threading
+import time
+
+import httpx
+
+from conftest import EOG_BIAS, TINY_ID
+
+USER = [{"role": "user", "content": "hello"}]
+LONG = {"model": TINY_ID, "messages": USER, "max_tokens": 4000, "logit_bias": EOG_BIAS}
+
+
+def wait_for(predicate, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_full_queue_answers_429_with_retry_after(start_server, tiny_model):
+    server = start_server(tiny_model, "[server]\nqueue_depth = 1\n[model]\nctx = 8192\n")
+    url = server.base + "/v1/chat/completions"
+    body = {**LONG, "max_tokens": 8000}
+    with httpx.Client(timeout=60) as c, c.stream("POST", url, json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        next(lines)  # the first job is running
+        waiting = threading.Thread(target=lambda: httpx.post(url, json=body, timeout=60))
+        waiting.start()
+        assert wait_for(lambda: server.metric("slm_queue_depth") == 1)
+        refused = httpx.post(url, json=body)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+    waiting.join(60)
+    assert server.metric('slm_requests_total{endpoint="chat",status="429"}') == 1
+
+
+def test_client_disconnect_stops_the_decode_and_frees_the_slot(start_server, tiny_model):
+    server = start_server(tiny_model, "[model]\nctx = 8192\n")
+    url = server.base + "/v1/chat/completions"
+    with httpx.Client(timeout=60) as c, c.stream(
+        "POST", url, json={**LONG, "max_tokens": 8000, "stream": True}
+    ) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 6:
+                break
+    assert wait_for(lambda: server.metric("slm_requests_cancelled_total") == 1)
+    assert wait_for(lambda: server.metric("slm_requests_processing") == 0)
+    # The decode stopped early: far fewer tokens than asked were generated.
+    assert server.metric("slm_completion_tokens_total") < 8000
+    ok = httpx.post(url, json={"model": TINY_ID, "messages": USER, "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_disconnect_while_waiting_in_queue_cancels_the_job(start_server, tiny_model):
+    server = start_server(tiny_model, "[model]\nctx = 8192\n")
+    url = server.base + "/v1/chat/completions"
+    with httpx.Client(timeout=60) as c, c.stream(
+        "POST", url, json={**LONG, "max_tokens": 8000, "stream": True}
+    ) as running:
+        lines = running.iter_lines()  # keep it: a dropped iterator closes the response
+        next(lines)
+        try:
+            httpx.post(url, json={**LONG, "max_tokens": 50}, timeout=0.5)
+        except httpx.ReadTimeout:
+            pass  # the client gives up while its request waits
+    assert wait_for(lambda: server.metric("slm_requests_cancelled_total") == 2)
+    assert server.metric("slm_completion_tokens_total") < 8000
+
+
+def test_deadline_gives_504(start_server, tiny_model):
+    server = start_server(tiny_model, "[server]\nrequest_timeout_s = 0.2\n[model]\nctx = 8192\n")
+    url = server.base + "/v1/chat/completions"
+    r = httpx.post(url, json={**LONG, "max_tokens": 8000}, timeout=30)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "deadline_exceeded"
+    ok = httpx.post(url, json={"model": TINY_ID, "messages": USER, "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_deadline_mid_stream_ends_with_an_error_event(start_server, tiny_model):
+    server = start_server(tiny_model, "[server]\nrequest_timeout_s = 0.3\n[model]\nctx = 8192\n")
+    events = []
+    with httpx.stream("POST", server.base + "/v1/chat/completions",
+                      json={**LONG, "max_tokens": 8000, "stream": True}, timeout=30) as r:
+        assert r.status_code == 200
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] != "[DONE]"
+    assert json.loads(events[-1])["error"]["code"] == "deadline_exceeded"

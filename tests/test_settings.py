@@ -1,0 +1,71 @@
+"""The one settings schema: TOML file, flags, validation, docs."""
+
+from pathlib import Path
+
+import pytest
+
+from slm.errors import ConfigError
+from slm.settings import Settings, load_api_keys, load_settings, settings_doc
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "slm.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_bind_loopback_8080():
+    s = load_settings(None)
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+
+
+def test_file_values_are_read_and_flags_override_them(tmp_path):
+    cfg = write(tmp_path, '[server]\nport = 9000\nqueue_depth = 3\n[model]\nctx = 1024\n')
+    s = load_settings(cfg, {"port": 9100})
+    assert (s.port, s.queue_depth, s.ctx) == (9100, 3, 1024)
+
+
+def test_int_is_accepted_for_a_float_setting(tmp_path):
+    s = load_settings(write(tmp_path, "[server]\nrequest_timeout_s = 5\n"))
+    assert s.request_timeout_s == 5.0
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[server]\nprot = 1\n", "server.prot"),
+        ("[serve]\nport = 1\n", "[serve]"),
+        ('[server]\nport = "80"\n', "server.port"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[engine]\nomp_wait_policy = \"spin\"\n", "engine.omp_wait_policy"),
+        ("[server]\nport = true\n", "server.port"),
+        ("[server\n", "invalid TOML"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path, text, names):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text))
+    assert names in str(err.value)
+    assert "\n" not in err.value.one_line()
+
+
+def test_api_keys_from_file_and_config(tmp_path):
+    keyfile = tmp_path / "keys"
+    keyfile.write_text("key-from-file-1\n\nkey-from-file-2\n")
+    s = Settings(api_keys=["key-in-config"], api_key_file=str(keyfile))
+    assert load_api_keys(s) == ["key-in-config", "key-from-file-1", "key-from-file-2"]
+
+
+def test_short_api_keys_are_refused():
+    with pytest.raises(ConfigError):
+        load_api_keys(Settings(api_keys=["short"]))
+
+
+def test_secrets_are_masked_when_shown():
+    assert Settings(api_keys=["secret-key-1"]).redacted()["api_keys"] == ["***"]
+
+
+def test_doc_lists_every_setting():
+    doc = settings_doc()
+    for name in Settings.__dataclass_fields__:
+        assert f".{name}`" in doc
