@@ -38,7 +38,7 @@ class Server:
         self.config.write_text(config)
         self.log_path = tmp / f"slm-{self.port}.log"
         args = [*SLM, "serve", "--config", str(self.config), "--port", str(self.port),
-                "--threads", "2", "--omp-wait-policy", "passive", *extra]
+                "--threads", "2", *extra]
         if model is not None:
             args += ["--model", str(model), "--model-id", TINY_ID]
         self._log = self.log_path.open("wb")

@@ -65,3 +65,9 @@ def test_bad_flag_values_exit_2(flag):
 def test_config_doc_lists_settings():
     r = run_slm("config", "doc")
     assert r.returncode == 0 and "`server.port`" in r.stdout
+
+
+def test_sigterm_stops_the_server_cleanly(start_server, tiny_model):
+    server = start_server(tiny_model)
+    assert server.stop() == 0
+    assert "Traceback" not in server.log()

@@ -69,3 +69,8 @@ def test_doc_lists_every_setting():
     doc = settings_doc()
     for name in Settings.__dataclass_fields__:
         assert f".{name}`" in doc
+
+
+def test_readme_settings_table_is_current():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert settings_doc() in readme, "run `slm config doc` and paste it into the README"

@@ -7,11 +7,14 @@ Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, por
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from slm import __version__
@@ -54,7 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(settings.log_level, settings.log_format)
     # libgomp reads its wait policy when llama.cpp's libraries load, i.e. on first import.
-    os.environ["OMP_WAIT_POLICY"] = settings.omp_wait_policy.upper()
+    if settings.omp_wait_policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = settings.omp_wait_policy.upper()
 
     from slm.model_file import open_model_file
 
@@ -62,13 +68,27 @@ def _serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn, but SIGTERM/SIGINT end in a clean exit 0 after the graceful shutdown
+        (uvicorn re-raises the signal, which kills the process before our clean-up)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {s: signal.signal(s, self.handle_exit)
+                        for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
     from slm.api.app import create_app
     from slm.engine import quiet_llama_logs
     from slm.service import Doorman
 
     quiet_llama_logs()
     doorman = Doorman(settings, model_file, api_keys)
-    server = uvicorn.Server(
+    server = Server(
         uvicorn.Config(
             create_app(doorman), host=settings.host, port=settings.port, log_config=None,
             access_log=False, lifespan="off", timeout_graceful_shutdown=10,

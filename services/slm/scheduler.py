@@ -106,12 +106,14 @@ class Scheduler:
         """Start the worker thread."""
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop taking jobs, cancel what waits, and let the running job end."""
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop taking jobs, cancel what waits and what runs; True once the worker ended."""
         self._stop.set()
         if self.running:
             self.running.cancel.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def submit(self, job: Job) -> None:
         """Admit ``job`` or raise QueueFull (with a Retry-After estimate)."""

@@ -79,9 +79,8 @@ class Doorman:
         """Stop the worker and free the model."""
         self.ready.clear()
         self.metrics.ready.set(0)
-        if self.scheduler:
-            self.scheduler.stop()
-        if self.engine:
+        stopped = self.scheduler.stop() if self.scheduler else True
+        if self.engine and stopped:  # never free the model under a running decode
             self.engine.close()
 
     def require_engine(self) -> tuple[Engine, Scheduler]:

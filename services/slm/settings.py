@@ -97,9 +97,10 @@ class Settings:
         "engine", 512, "Prompt tokens decoded per batch.", check=_at_least(1)
     )
     omp_wait_policy: str = _setting(
-        "engine", "active",
-        "OpenMP wait policy: `active` spins (fastest on an idle box), `passive` yields.",
-        check=_one_of("active", "passive"),
+        "engine", "default",
+        "OpenMP wait policy: `active` spins, `passive` sleeps, `default` spins briefly "
+        "then sleeps (libgomp's own default).",
+        check=_one_of("active", "passive", "default"),
     )
     # [logging]
     log_level: str = _setting(

@@ -9,8 +9,12 @@ All figures come from one run with the same thread count and OpenMP wait policy:
 Printed: generation tokens/s and ratios to llama-bench, time to first token, per-request
 HTTP overhead at max_tokens=1, peak RSS of the server. Nothing is asserted.
 
-Environment: SLM_BENCH_THREADS (default 2), SLM_BENCH_OMP (active|passive, default active),
-SLM_BENCH_TOKENS (default 128).
+Each in-process anchor runs in a process of its own: a process that once loaded llama.cpp
+keeps its OpenMP threads (spinning, with OMP_WAIT_POLICY=active), which would slow the HTTP
+client and so the server.
+
+Environment: SLM_BENCH_THREADS (default 2), SLM_BENCH_OMP (default|active|passive, default
+`default`: libgomp's spin-then-sleep, the service's default), SLM_BENCH_TOKENS (default 128).
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ import time
 from pathlib import Path
 
 THREADS = int(os.environ.get("SLM_BENCH_THREADS", "2"))
-OMP = os.environ.get("SLM_BENCH_OMP", "active")
+OMP = os.environ.get("SLM_BENCH_OMP", "default")
 N_GEN = int(os.environ.get("SLM_BENCH_TOKENS", "128"))
 REPEAT = 3
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "service-slm"))
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
-os.environ["OMP_WAIT_POLICY"] = OMP.upper()  # before llama_cpp loads, for every anchor
+# Before llama_cpp loads, for every anchor (inherited by llama-bench and the server).
+if OMP == "default":
+    os.environ.pop("OMP_WAIT_POLICY", None)
+else:
+    os.environ["OMP_WAIT_POLICY"] = OMP.upper()
 
 from slm.model_file import DEFAULT_MODEL_SHA256, open_model_file  # noqa: E402
 
@@ -242,19 +250,33 @@ def run_http(model: Path, model_id: str, eos_ids: list[int]) -> dict[str, float]
         proc.wait(30)
 
 
+PARTS = {"llama-cpp-python": run_llama_cpp_python, "engine": run_engine}
+
+
+def in_own_process(part: str, model: Path) -> dict[str, float]:
+    """Run one in-process anchor in a fresh process; its figures come back as JSON."""
+    res = subprocess.run([sys.executable, __file__, "part", part, str(model)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(res.stdout)
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "part":
+        if sys.argv[2] == "eog":
+            print(json.dumps(eog_ids_for(Path(sys.argv[3]))))
+        else:
+            print(json.dumps(PARTS[sys.argv[2]](Path(sys.argv[3]))))
+        return 0
     model_file = open_model_file(None, DEFAULT_MODEL_SHA256)
     model, model_id = model_file.path, model_file.default_id
     log(f"model {model.name}, threads {THREADS}, OMP_WAIT_POLICY {OMP}, {N_GEN} tokens")
     anchor = run_llama_bench(model)
     log(f"llama-bench: {anchor}")
-    lcp = run_llama_cpp_python(model)
+    lcp = in_own_process("llama-cpp-python", model)
     log(f"llama-cpp-python: {lcp}")
-    eng = run_engine(model)
+    eng = in_own_process("engine", model)
     log(f"engine: {eng}")
-    from slm.engine import Engine  # noqa: F401  (engine already loaded above)
-
-    eos_ids = eog_ids_for(model)
+    eos_ids = in_own_process("eog", model)
     web = run_http(model, model_id, eos_ids)
     log(f"http: {web}")
 
