@@ -355,8 +355,16 @@ class DoormanAPI:
                 yield _sse(reply.chunk({"role": "assistant", "content": ""}))
             event = first
             while isinstance(event, TextEvent):
-                yield _sse(reply.chunk({"content": event.text} if reply.chat else event.text))
-                event = await job.events.get()
+                frames = [reply.text_frame(event.text)]
+                following: Event | None = None
+                while following is None and not job.events.empty():
+                    queued = job.events.get_nowait()  # catch up in one write
+                    if isinstance(queued, TextEvent):
+                        frames.append(reply.text_frame(queued.text))
+                    else:
+                        following = queued
+                yield b"".join(frames)
+                event = following or await job.events.get()
             if isinstance(event, ErrorEvent):
                 err = event.error
                 log_fields["error"] = err.code
@@ -453,6 +461,14 @@ class _Reply:
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
         self.fingerprint = f"slm-{__version__}"
+        # Streamed text frames differ only in their text: encode the frame around it once.
+        marker = "\u0000slm\u0000"
+        frame = _sse(self.chunk({"content": marker} if chat else marker))
+        self._frame_head, self._frame_tail = frame.split(json.dumps(marker).encode())
+
+    def text_frame(self, text: str) -> bytes:
+        """One SSE frame carrying streamed text (the hot path: one JSON string encode)."""
+        return self._frame_head + json.dumps(text).encode() + self._frame_tail
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
