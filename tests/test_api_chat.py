@@ -196,3 +196,11 @@ def test_prompt_prefix_is_reused_between_requests(client):
     chat(client, max_tokens=2, messages=[{"role": "user", "content": "red green blue"}])
     out = chat(client, max_tokens=2, messages=[{"role": "user", "content": "red green blue"}])
     assert out["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+def test_frequency_and_presence_penalties_change_greedy_output(client):
+    plain = chat(client, max_tokens=48, temperature=0, logit_bias=EOG_BIAS)
+    penalised = chat(client, max_tokens=48, temperature=0, logit_bias=EOG_BIAS,
+                     frequency_penalty=2.0, presence_penalty=2.0)
+    assert plain["choices"][0]["message"]["content"] != (
+        penalised["choices"][0]["message"]["content"])

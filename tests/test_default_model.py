@@ -37,3 +37,10 @@ def test_default_model_streams(default_server):
         "messages": [{"role": "user", "content": "Say hello."}]}) as r:
         lines = [x for x in r.iter_lines() if x.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and len(lines) > 3
+
+
+def test_empty_prompt_is_400_on_a_model_without_bos(default_server):
+    r = httpx.post(default_server.base + "/v1/completions", timeout=60, json={
+        "model": "SmolLM2-135M-Instruct.Q4_1", "prompt": "", "max_tokens": 4})
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "prompt"

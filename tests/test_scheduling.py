@@ -92,3 +92,48 @@ def test_deadline_mid_stream_ends_with_an_error_event(start_server, tiny_model):
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] != "[DONE]"
     assert json.loads(events[-1])["error"]["code"] == "deadline_exceeded"
+
+
+def test_clients_that_left_the_queue_do_not_hold_its_places(start_server, tiny_model):
+    server = start_server(tiny_model, "[server]\nqueue_depth = 1\n[model]\nctx = 8192\n")
+    url = server.base + "/v1/chat/completions"
+    with httpx.Client(timeout=60) as c, c.stream(
+        "POST", url, json={**LONG, "max_tokens": 8000, "stream": True}
+    ) as running:
+        lines = running.iter_lines()
+        next(lines)
+        try:
+            httpx.post(url, json={**LONG, "max_tokens": 5}, timeout=0.5)
+        except httpx.ReadTimeout:
+            pass  # this client left while waiting
+        assert wait_for(lambda: server.metric("slm_queue_depth") == 0)
+        admitted = {}
+        waiter = threading.Thread(target=lambda: admitted.update(
+            r=httpx.post(url, json={**LONG, "max_tokens": 5}, timeout=60)))
+        waiter.start()
+        assert wait_for(lambda: server.metric("slm_queue_depth") == 1)
+    waiter.join(60)
+    assert admitted["r"].status_code == 200
+
+
+def test_sigterm_lets_streams_run_for_the_grace_period_then_ends_them(
+    start_server, tiny_model
+):
+    server = start_server(tiny_model, "[server]\nshutdown_grace_s = 1\n[model]\nctx = 16384\n")
+    events: list[str] = []
+
+    def read() -> None:
+        with httpx.stream("POST", server.base + "/v1/chat/completions", timeout=60,
+                          json={**LONG, "max_tokens": 16000, "stream": True}) as r:
+            events.extend(line[6:] for line in r.iter_lines() if line.startswith("data: "))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert wait_for(lambda: len(events) > 0 or server.metric("slm_requests_processing") == 1)
+    began = time.monotonic()
+    assert server.stop() == 0
+    took = time.monotonic() - began
+    reader.join(30)
+    assert json.loads(events[-1])["error"]["code"] == "shutting_down"
+    assert 1 <= took < 10
+    assert "Traceback" not in server.log()

@@ -49,8 +49,8 @@ class ChatTemplate:
             self._template = env.from_string(self.source)
         except jinja2.TemplateError as exc:
             raise ModelError(f"the model's chat template does not compile: {exc}") from None
-        self._bos = bos_token
-        self._eos = eos_token
+        self.bos_token = bos_token
+        self.eos_token = eos_token
 
     def render(self, messages: list[dict[str, Any]]) -> str:
         """The prompt text for ``messages``, ending with the assistant's turn opened."""
@@ -58,8 +58,8 @@ class ChatTemplate:
             return self._template.render(
                 messages=messages,
                 add_generation_prompt=True,
-                bos_token=self._bos,
-                eos_token=self._eos,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
             )
         except jinja2.TemplateError as exc:
             # Templates reject e.g. a wrong role order with raise_exception(...).

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from slm import __version__
 from slm.errors import ConfigError, SlmError
@@ -72,6 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
         """uvicorn, but SIGTERM/SIGINT end in a clean exit 0 after the graceful shutdown
         (uvicorn re-raises the signal, which kills the process before our clean-up)."""
 
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            doorman.begin_shutdown()
+            super().handle_exit(sig, frame)
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             previous = {s: signal.signal(s, self.handle_exit)
@@ -91,7 +96,9 @@ def _serve(args: argparse.Namespace) -> int:
     server = Server(
         uvicorn.Config(
             create_app(doorman), host=settings.host, port=settings.port, log_config=None,
-            access_log=False, lifespan="off", timeout_graceful_shutdown=10,
+            access_log=False, lifespan="off",
+            # ours ends the requests at shutdown_grace_s; uvicorn's is only a backstop
+            timeout_graceful_shutdown=settings.shutdown_grace_s + 5,
             server_header=False,
         )
     )

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import llama_cpp as C
 
 from slm.chat_template import ChatTemplate
-from slm.errors import EngineError, ModelError, Unsupported
+from slm.errors import EngineError, InvalidRequest, ModelError, Unsupported
 from slm.model_file import ModelFile
 from slm.stops import StopMatcher
 
 FINISH_STOP = "stop"
+BAN_BIAS = -1e9  # what logit_bias -100 ("ban") becomes
 FINISH_LENGTH = "length"
 
 _LOG_CALLBACK = C.llama_log_callback(lambda level, text, user_data: None)
@@ -130,6 +131,7 @@ class Engine:
         self._embed_ctx = None
         if pooling is not None and pooling != "0":
             self._embed_ctx = self._new_context(n_ctx, n_threads, embeddings=True)
+        self._special_texts = self._control_token_texts()
         self.template = ChatTemplate(
             self.meta("tokenizer.chat_template"),
             bos_token=self._token_text(C.llama_vocab_bos(self._vocab)),
@@ -175,6 +177,15 @@ class Engine:
                 return buf.value.decode("utf-8", errors="replace")
             size = n + 1
 
+    def _control_token_texts(self) -> tuple[str, ...]:
+        texts = []
+        for token in range(self.n_vocab):
+            if C.llama_vocab_get_attr(self._vocab, token) & C.LLAMA_TOKEN_ATTR_CONTROL:
+                text = self._token_text(token)
+                if text:
+                    texts.append(text)
+        return tuple(texts)
+
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
@@ -195,22 +206,53 @@ class Engine:
 
     # -- tokens -------------------------------------------------------------------------
 
-    def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
-        """Tokens of ``text``; special-token text (e.g. ``<|im_start|>``) is parsed."""
+    def tokenize(
+        self, text: str, *, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
+        """Tokens of ``text``; with ``parse_special`` special-token text (e.g.
+        ``<|im_start|>``) becomes the control token, else it is tokenized as text."""
+        if not text:
+            return []
         data = text.encode("utf-8")
         capacity = len(data) + 8
         while True:
             buf = (C.llama_token * capacity)()
-            n = C.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, True)
+            n = C.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
             if n >= 0:
                 return list(buf[:n])
             capacity = -n
 
-    def prompt_tokens_for_chat(self, rendered: str) -> list[int]:
-        """Tokens of a rendered chat prompt: no second BOS when the template wrote one."""
-        bos = self.template._bos
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Tokens of ``messages`` rendered through the chat template.
+
+        The template's own special-token text (``<|im_start|>`` ...) becomes control
+        tokens; the same text inside a message's content stays plain text, so a caller
+        cannot forge a turn boundary (e.g. a fake system turn) from inside a message.
+        """
+        rendered = self.template.render(messages)
+        bos = self.template.bos_token
         add_special = not (bos and rendered.startswith(bos))
-        return self.tokenize(rendered, add_special=add_special)
+        if not any(sp in m["content"] for m in messages for sp in self._special_texts):
+            return self.tokenize(rendered, add_special=add_special)
+        tokens: list[int] = []
+        cursor = 0
+        for message in messages:
+            content = message["content"]
+            start = rendered.find(content, cursor) if content else -1
+            if start < 0:
+                if any(sp in content for sp in self._special_texts):
+                    raise InvalidRequest(
+                        "a message contains special-token text that the chat template "
+                        "rewrites; it cannot be kept as plain text", param="messages",
+                    )
+                continue
+            tokens += self.tokenize(rendered[cursor:start], add_special=add_special and not tokens)
+            tokens += self.tokenize(content, add_special=False, parse_special=False)
+            cursor = start + len(content)
+        tokens += self.tokenize(rendered[cursor:], add_special=add_special and not tokens)
+        return tokens
 
     def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -277,15 +319,18 @@ class Engine:
             arr = (C.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias):
                 arr[i].token = tok
-                arr[i].bias = -math.inf if bias <= -100 else bias
+                # Finite even at -100: if biases rule out every token a grammar allows,
+                # the grammar must still find one, or llama.cpp aborts the process.
+                arr[i].bias = BAN_BIAS if bias <= -100 else bias
             C.llama_sampler_chain_add(
                 chain, C.llama_sampler_init_logit_bias(self.n_vocab, len(arr), arr)
             )
         if params.frequency_penalty or params.presence_penalty:
             C.llama_sampler_chain_add(
                 chain,
-                C.llama_sampler_init_penalties(
-                    self.n_vocab, -1, 1.0, params.frequency_penalty, params.presence_penalty
+                C.llama_sampler_init_penalties(  # last_n = the context, as llama-server's -1
+                    self.n_vocab, self.n_ctx, 1.0, params.frequency_penalty,
+                    params.presence_penalty,
                 ),
             )
         if params.grammar is not None:
@@ -303,7 +348,8 @@ class Engine:
             if params.top_p < 1.0:
                 C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(params.top_p, 1))
             C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(params.temperature))
-            seed = C.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+            # Any integer seed maps into 0..2**32-2; 2**32-1 is llama.cpp's "random seed".
+            seed = C.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 0xFFFFFFFF
             C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed))
         return chain
 

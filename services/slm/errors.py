@@ -113,6 +113,14 @@ class NotReady(RequestError):
     code = "model_loading"
 
 
+class ShuttingDown(RequestError):
+    """The server is stopping and its grace period for in-flight requests ran out (503)."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "shutting_down"
+
+
 class DeadlineExceeded(RequestError):
     """The request's deadline passed before it completed (504)."""
 

@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from slm.engine import Engine, GenerationResult, Interrupted, SamplingParams
-from slm.errors import Cancelled, DeadlineExceeded, InternalError, QueueFull, RequestError
+from slm.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InternalError,
+    QueueFull,
+    RequestError,
+    ShuttingDown,
+)
 
 log = logging.getLogger("slm.scheduler")
 
@@ -62,20 +69,33 @@ class Job:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    aborted: RequestError | None = None  # set by the server itself, e.g. at shutdown
 
     def interrupted(self) -> bool:
-        """True once the client went away or the deadline passed."""
-        return self.cancel.is_set() or time.monotonic() > self.deadline
+        """True once the client went away, the deadline passed or the server aborted it."""
+        return (
+            self.cancel.is_set()
+            or self.aborted is not None
+            or time.monotonic() > self.deadline
+        )
 
     def interruption(self) -> RequestError:
         """The error that describes why the job stopped early."""
+        if self.aborted is not None:
+            return self.aborted
         if self.cancel.is_set():
             return Cancelled("the client closed the connection")
         return DeadlineExceeded("the request did not complete within its deadline")
 
     def emit(self, event: Event) -> None:
-        """Hand an event to the request's event loop (called from the worker thread)."""
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        """Hand an event to the request's event loop (called from the worker thread).
+
+        Dropped when the loop is gone (shutdown): nobody is left to receive it.
+        """
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # event loop closed
+            self.cancel.set()
 
 
 class Scheduler:
@@ -89,7 +109,9 @@ class Scheduler:
         on_finished: Callable[[Job, Event], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=queue_depth)
+        self._depth = queue_depth
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
         self._on_finished = on_finished
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="slm-engine", daemon=True)
@@ -99,49 +121,71 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        """Jobs admitted but not started."""
-        return self._queue.qsize()
+        """Jobs admitted, not started, and still wanted."""
+        with self._cond:
+            return sum(1 for job in self._waiting if not job.interrupted())
 
     def start(self) -> None:
         """Start the worker thread."""
         self._thread.start()
 
+    def abort_all(self, reason: RequestError) -> None:
+        """End every waiting and running job with ``reason`` (their clients receive it)."""
+        with self._cond:
+            for job in self._waiting:
+                job.aborted = reason
+            running = self.running
+            if running is not None:
+                running.aborted = reason
+            self._cond.notify_all()
+
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop taking jobs, cancel what waits and what runs; True once the worker ended."""
+        """Stop taking jobs, end what waits and what runs; True once the worker ended."""
         self._stop.set()
-        if self.running:
-            self.running.cancel.set()
+        self.abort_all(ShuttingDown("the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def submit(self, job: Job) -> None:
-        """Admit ``job`` or raise QueueFull (with a Retry-After estimate)."""
+        """Admit ``job`` or raise QueueFull (with a Retry-After estimate).
+
+        Jobs whose clients left or whose deadline passed while waiting do not hold a place:
+        they are dropped here before the queue counts as full.
+        """
         if self._stop.is_set():
             raise QueueFull("the server is shutting down", retry_after_s=5)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            estimate = self._avg_job_seconds * (self._queue.qsize() + 1)
-            raise QueueFull(
-                f"the server is busy: {self._queue.maxsize} requests already wait",
-                retry_after_s=max(1, min(60, math.ceil(estimate))),
-            ) from None
+        with self._cond:
+            if len(self._waiting) >= self._depth:
+                gone = [j for j in self._waiting if j.interrupted()]
+                for j in gone:
+                    self._waiting.remove(j)
+                    self._finish(j, ErrorEvent(j.interruption()))
+            if len(self._waiting) >= self._depth:
+                estimate = self._avg_job_seconds * (len(self._waiting) + 1)
+                raise QueueFull(
+                    f"the server is busy: {self._depth} requests already wait",
+                    retry_after_s=max(1, min(60, math.ceil(estimate))),
+                )
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def _next_job(self) -> Job | None:
+        with self._cond:
+            while not self._waiting and not self._stop.is_set():
+                self._cond.wait(timeout=0.25)
+                self.last_progress = time.monotonic()
+            if self._stop.is_set():
+                return None
+            return self._waiting.popleft()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self._queue.get(timeout=0.25)
-            except queue.Empty:
-                self.last_progress = time.monotonic()
-                continue
+        while (job := self._next_job()) is not None:
             self._execute(job)
-        while True:  # refuse what still waits
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self._finish(job, ErrorEvent(Cancelled("the server is shutting down")))
+        with self._cond:  # refuse what still waits
+            left, self._waiting = list(self._waiting), deque()
+        for job in left:
+            self._finish(job, ErrorEvent(ShuttingDown("the server is shutting down")))
 
     def _execute(self, job: Job) -> None:
         if job.interrupted():
@@ -184,6 +228,10 @@ class Scheduler:
         )
 
     def _finish(self, job: Job, event: Event) -> None:
-        if self._on_finished:
-            self._on_finished(job, event)
+        """Account and deliver the job's last event; never lets an error kill the worker."""
+        try:
+            if self._on_finished:
+                self._on_finished(job, event)
+        except Exception:  # noqa: BLE001
+            log.exception("accounting a finished job failed")
         job.emit(event)

@@ -13,7 +13,7 @@ import time
 import uuid
 
 from slm.engine import Engine, GenerationResult
-from slm.errors import NotReady, SlmError
+from slm.errors import NotReady, ShuttingDown, SlmError
 from slm.metrics import Metrics
 from slm.model_file import ModelFile
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
@@ -36,6 +36,7 @@ class Doorman:
         self.load_error: SlmError | None = None
         self.ready = threading.Event()
         self.started_at = time.time()
+        self._shutdown_timer: threading.Timer | None = None
 
     @property
     def threads(self) -> int:
@@ -75,8 +76,26 @@ class Doorman:
             },
         )
 
+    def begin_shutdown(self) -> None:
+        """Let in-flight requests run for the grace period, then end them with a 503."""
+        if self._shutdown_timer is not None:
+            return
+        self.ready.clear()
+        self.metrics.ready.set(0)
+        log.info("shutting down", extra={"grace_s": self.settings.shutdown_grace_s})
+
+        def expire() -> None:
+            if self.scheduler:
+                self.scheduler.abort_all(ShuttingDown("the server is shutting down"))
+
+        self._shutdown_timer = threading.Timer(self.settings.shutdown_grace_s, expire)
+        self._shutdown_timer.daemon = True
+        self._shutdown_timer.start()
+
     def close(self) -> None:
         """Stop the worker and free the model."""
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
         self.ready.clear()
         self.metrics.ready.set(0)
         stopped = self.scheduler.stop() if self.scheduler else True

@@ -77,6 +77,10 @@ class Settings:
         "server", 300.0, "Deadline of a request, queueing included (504 after).",
         check=_at_least(0.01),
     )
+    shutdown_grace_s: float = _setting(
+        "server", 10.0, "On SIGTERM, how long in-flight requests may finish before they "
+        "are ended with a 503 `shutting_down` error.", check=_at_least(0),
+    )
     # [model]
     model: str | None = _setting(
         "model", None, "GGUF model file; default: the embedded SmolLM2-135M-Instruct Q4_1."

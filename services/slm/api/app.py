@@ -274,8 +274,9 @@ class DoormanAPI:
         grammar = schemas.grammar_for(req.response_format)
         if grammar is not None:
             engine.check_grammar(grammar)
-        prompt = engine.prompt_tokens_for_chat(engine.template.render(messages))
-        wanted = req.max_completion_tokens if req.max_completion_tokens else req.max_tokens
+        prompt = engine.chat_prompt(messages)
+        wanted = req.max_completion_tokens if req.max_completion_tokens is not None else (
+            req.max_tokens)
         max_tokens = self._context_check(engine, prompt, wanted)
         params = self._sampling(engine, req, max_tokens, grammar)
         return await self._run(request, req, prompt, params, chat=True)
@@ -297,6 +298,8 @@ class DoormanAPI:
             raise schemas.Unsupported("exactly one prompt per request is supported",
                                       param="prompt")
         prompt = engine.tokenize(prompts[0], add_special=True)
+        if not prompt:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
         max_tokens = self._context_check(engine, prompt, req.max_tokens or 16)
         params = self._sampling(engine, req, max_tokens, None)
         return await self._run(request, req, prompt, params, chat=False)
@@ -321,7 +324,8 @@ class DoormanAPI:
         if req.stream:
             request.state.log["streaming"] = True
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(
+            return _JobStreamingResponse(
+                job,
                 self._stream(job, first, reply, include_usage, request.state.log),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -449,6 +453,25 @@ class DoormanAPI:
             "model": self.d.model_id,
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         })
+
+
+class _JobStreamingResponse(StreamingResponse):
+    """A stream that cancels its job however it ends, even if the client left before the
+    first chunk (when the body generator never starts, its own ``finally`` cannot run)."""
+
+    def __init__(self, job: Job, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._job = job
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            # Only uvicorn's shutdown backstop cancels a response (a client that stopped
+            # reading past our grace period): the stream is over, nothing to report.
+            log.info("stream cut at shutdown", extra={"request_id": self._job.request_id})
+        finally:
+            self._job.cancel.set()
 
 
 class _Reply:

@@ -103,6 +103,8 @@ def decode(body: bytes, kind: type[msgspec.Struct]) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:
         raise InvalidRequest("request body is not valid UTF-8") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
 
 
 def _range(name: str, value: float | None, low: float, high: float) -> None:
@@ -118,8 +120,10 @@ def check_sampling(req: _Sampling) -> None:
     _range("presence_penalty", req.presence_penalty, -2.0, 2.0)
     if req.top_p is not None and req.top_p <= 0:
         raise InvalidRequest("top_p must be greater than 0", param="top_p")
-    if req.max_tokens is not None and req.max_tokens < 1:
-        raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(req, name, None)
+        if value is not None and value < 1:
+            raise InvalidRequest(f"{name} must be at least 1", param=name)
     if req.n not in (None, 1):
         raise Unsupported("only n=1 is supported", param="n")
     if req.logprobs:
