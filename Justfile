@@ -11,9 +11,10 @@ default:
 setup:
     build/bootstrap.sh
 
-# start the Doorman on the default model at 127.0.0.1:8080 (extra flags go to `slm serve`)
+# start the Doorman on the default model at 127.0.0.1:8080 (extra flags go to `slm serve`);
+# the audit ledger is .state/ledger.db (the appliance keeps it in /var/lib/slm)
 serve *ARGS: setup
-    {{bin}}/slm serve {{ARGS}}
+    {{bin}}/slm serve --ledger-path "{{justfile_directory()}}/.state/ledger.db" {{ARGS}}
 
 # run the whole test suite (extra arguments go to pytest)
 test *ARGS: setup

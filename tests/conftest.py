@@ -37,8 +37,9 @@ class Server:
         self.config = tmp / f"slm-{self.port}.toml"
         self.config.write_text(config)
         self.log_path = tmp / f"slm-{self.port}.log"
+        self.ledger = tmp / f"ledger-{self.port}.db"
         args = [*SLM, "serve", "--config", str(self.config), "--port", str(self.port),
-                "--threads", "2", *extra]
+                "--threads", "2", "--ledger-path", str(self.ledger), *extra]
         if model is not None:
             args += ["--model", str(model), "--model-id", TINY_ID]
         self._log = self.log_path.open("wb")

@@ -3,6 +3,7 @@
 from starlette.testclient import TestClient
 
 from slm.api.app import create_app
+from slm.ledger import Ledger
 from slm.model_file import open_model_file
 from slm.service import Doorman
 from slm.settings import Settings
@@ -10,8 +11,10 @@ from slm.settings import Settings
 from conftest import TINY_ID
 
 
-def test_ready_is_503_until_loaded_then_200(tiny_model):
-    doorman = Doorman(Settings(model_id=TINY_ID, threads=1), open_model_file(tiny_model, None), [])
+def test_ready_is_503_until_loaded_then_200(tiny_model, tmp_path):
+    ledger = Ledger(tmp_path / "ledger.db")
+    doorman = Doorman(Settings(model_id=TINY_ID, threads=1), open_model_file(tiny_model, None),
+                      [], ledger)
     client = TestClient(create_app(doorman))
     assert client.get("/health").status_code == 200
     r = client.get("/ready")
@@ -25,3 +28,4 @@ def test_ready_is_503_until_loaded_then_200(tiny_model):
         assert client.get("/ready").status_code == 200
     finally:
         doorman.close()
+        ledger.close()

@@ -29,7 +29,8 @@ def test_full_queue_answers_429_with_retry_after(start_server, tiny_model):
         assert r.status_code == 200
         lines = r.iter_lines()
         next(lines)  # the first job is running
-        waiting = threading.Thread(target=lambda: httpx.post(url, json=body, timeout=60))
+        waiting = threading.Thread(
+            target=lambda: httpx.post(url, json={**body, "max_tokens": 5}, timeout=120))
         waiting.start()
         assert wait_for(lambda: server.metric("slm_queue_depth") == 1)
         refused = httpx.post(url, json=body)
@@ -74,7 +75,7 @@ def test_disconnect_while_waiting_in_queue_cancels_the_job(start_server, tiny_mo
 
 
 def test_deadline_gives_504(start_server, tiny_model):
-    server = start_server(tiny_model, "[server]\nrequest_timeout_s = 0.2\n[model]\nctx = 8192\n")
+    server = start_server(tiny_model, "[server]\nrequest_timeout_s = 1.0\n[model]\nctx = 8192\n")
     url = server.base + "/v1/chat/completions"
     r = httpx.post(url, json={**LONG, "max_tokens": 8000}, timeout=30)
     assert r.status_code == 504, r.text
@@ -84,7 +85,7 @@ def test_deadline_gives_504(start_server, tiny_model):
 
 
 def test_deadline_mid_stream_ends_with_an_error_event(start_server, tiny_model):
-    server = start_server(tiny_model, "[server]\nrequest_timeout_s = 0.3\n[model]\nctx = 8192\n")
+    server = start_server(tiny_model, "[server]\nrequest_timeout_s = 1.0\n[model]\nctx = 8192\n")
     events = []
     with httpx.stream("POST", server.base + "/v1/chat/completions",
                       json={**LONG, "max_tokens": 8000, "stream": True}, timeout=30) as r:

@@ -25,6 +25,14 @@ def test_file_values_are_read_and_flags_override_them(tmp_path):
     assert (s.port, s.queue_depth, s.ctx) == (9100, 3, 1024)
 
 
+def test_toml_key_may_differ_from_the_flag(tmp_path):
+    s = load_settings(write(tmp_path, '[ledger]\npath = "/tmp/x.db"\n'), {"port": 1})
+    assert s.ledger_path == "/tmp/x.db"
+    assert load_settings(None, {"ledger_path": "/y.db"}).ledger_path == "/y.db"
+    with pytest.raises(ConfigError, match="ledger.ledger_path"):
+        load_settings(write(tmp_path, '[ledger]\nledger_path = "/tmp/x.db"\n'))
+
+
 def test_int_is_accepted_for_a_float_setting(tmp_path):
     s = load_settings(write(tmp_path, "[server]\nrequest_timeout_s = 5\n"))
     assert s.request_timeout_s == 5.0
@@ -67,8 +75,9 @@ def test_secrets_are_masked_when_shown():
 
 def test_doc_lists_every_setting():
     doc = settings_doc()
-    for name in Settings.__dataclass_fields__:
-        assert f".{name}`" in doc
+    for field in Settings.__dataclass_fields__.values():
+        key = field.metadata["key"] or field.name
+        assert f"`{field.metadata['section']}.{key}`" in doc
 
 
 def test_readme_settings_table_is_current():

@@ -1,26 +1,23 @@
-"""The ``slm`` command: ``serve`` the Doorman, inspect ``config``.
+"""The ``slm`` command: ``serve`` the Doorman, audit its ``ledger``, inspect ``config``.
 
-Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use),
-2 invalid configuration or usage. Errors are one line on stderr.
+Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use,
+broken ledger chain), 2 invalid configuration or usage, or a ledger file that cannot be
+read. Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from slm import __version__
 from slm.errors import ConfigError, SlmError
+from slm.ledger import LedgerError
 from slm.settings import (
+    Settings,
     add_flags,
     flag_overrides,
     load_api_keys,
@@ -28,7 +25,8 @@ from slm.settings import (
     settings_doc,
 )
 
-log = logging.getLogger("slm.cli")
+if TYPE_CHECKING:
+    from slm.replication import Replica
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +41,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="TOML config file (default: /etc/slm/slm.toml when present)")
     add_flags(serve)
 
+    ledger = sub.add_parser("ledger", help="verify, export or restore the audit ledger")
+    ledger_sub = ledger.add_subparsers(dest="action", required=True)
+    verify = ledger_sub.add_parser(
+        "verify", help="walk the hash chain (exit 0 intact, 1 broken, 2 unreadable)")
+    verify.add_argument("--db", type=Path, required=True, help="ledger file")
+    verify.add_argument("--expect", metavar="COUNT:HASH",
+                        help="a chain head from the service log that the ledger must contain")
+    export = ledger_sub.add_parser("export", help="stream records as CSV or JSON lines")
+    export.add_argument("--db", type=Path, required=True, help="ledger file")
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    export.add_argument("--since", help="only records at or after this ISO 8601 time")
+    restore = ledger_sub.add_parser("restore", help="restore the ledger from its replica")
+    restore.add_argument("--out", type=Path, required=True, help="new ledger file to write")
+    restore.add_argument("--replica", help="replica URL (default: ledger.replica of --config)")
+    restore.add_argument("--config", type=Path, default=None, help="TOML config file")
+    add_flags(restore, only_section="ledger")
+
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
     config.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -53,78 +68,51 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, flag_overrides(args))
     api_keys = load_api_keys(settings)
+    from slm.serve import serve
 
-    from slm.logs import setup_logging
+    return serve(settings, api_keys)
 
-    setup_logging(settings.log_level, settings.log_format)
-    # libgomp reads its wait policy when llama.cpp's libraries load, i.e. on first import.
-    if settings.omp_wait_policy == "default":
-        os.environ.pop("OMP_WAIT_POLICY", None)
-    else:
-        os.environ["OMP_WAIT_POLICY"] = settings.omp_wait_policy.upper()
 
-    from slm.model_file import open_model_file
+def _replica(settings: Settings, url: str | None) -> Replica:
+    from slm.replication import Replica
 
-    model_file = open_model_file(settings.model, settings.model_sha256)
+    url = url or settings.replica
+    if not url:
+        raise ConfigError("no replica: pass --replica URL or set ledger.replica in --config")
+    return Replica(url, endpoint=settings.replica_endpoint, region=settings.replica_region)
 
-    import uvicorn
 
-    class Server(uvicorn.Server):
-        """uvicorn, but SIGTERM/SIGINT end in a clean exit 0 after the graceful shutdown
-        (uvicorn re-raises the signal, which kills the process before our clean-up)."""
+def _ledger(args: argparse.Namespace) -> int:
+    from slm import ledger_audit
 
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            doorman.begin_shutdown()
-            super().handle_exit(sig, frame)
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            previous = {s: signal.signal(s, self.handle_exit)
-                        for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    from slm.api.app import create_app
-    from slm.engine import quiet_llama_logs
-    from slm.service import Doorman
-
-    quiet_llama_logs()
-    doorman = Doorman(settings, model_file, api_keys)
-    server = Server(
-        uvicorn.Config(
-            create_app(doorman), host=settings.host, port=settings.port, log_config=None,
-            access_log=False, lifespan="off",
-            # ours ends the requests at shutdown_grace_s; uvicorn's is only a backstop
-            timeout_graceful_shutdown=settings.shutdown_grace_s + 5,
-            server_header=False,
-        )
-    )
-
-    def load() -> None:
-        try:
-            doorman.load()
-        except SlmError as exc:
-            log.error("model load failed: %s", exc.one_line())
-            server.should_exit = True
-        except Exception:  # noqa: BLE001
-            log.exception("model load failed")
-            doorman.load_error = SlmError("model load failed")
-            server.should_exit = True
-
-    log.info("starting", extra={"version": __version__, "host": settings.host,
-                                "port": settings.port, "model": str(model_file.path)})
-    threading.Thread(target=load, name="slm-load", daemon=True).start()
-    try:
-        server.run()
-    finally:
-        doorman.close()
-    if doorman.load_error is not None:
-        print(f"slm: error: {doorman.load_error.one_line()}", file=sys.stderr)
+    if args.action == "verify":
+        expect = None
+        if args.expect:
+            count, _, head = args.expect.partition(":")
+            if not count.isdigit() or len(head) != 64:
+                raise ConfigError("--expect takes COUNT:HASH as logged in 'ledger head' lines")
+            expect = (int(count), head)
+        verdict = ledger_audit.verify(args.db, expect)
+        if verdict.ok:
+            print(f"ok: {verdict.count} records, head {verdict.head}")
+            return 0
+        print(f"broken at record {verdict.broken_id}: {verdict.reason} "
+              f"({verdict.count} records verified before it)")
         return 1
-    return 0 if server.started else 1
+    if args.action == "export":
+        try:
+            ledger_audit.export(args.db, args.format, args.since)
+        except BrokenPipeError:  # `| head` closed the pipe: not an error
+            sys.stderr.close()
+        return 0
+    from slm.replication import restore
+
+    settings = load_settings(args.config, flag_overrides(args))
+    restore(_replica(settings, args.replica), args.out)
+    verdict = ledger_audit.verify(args.out)
+    print(f"restored {args.out}: {verdict.count} records, head {verdict.head}"
+          + ("" if verdict.ok else f"; chain broken at record {verdict.broken_id}"))
+    return 0 if verdict.ok else 1
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -142,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "ledger":
+            return _ledger(args)
         return _config(args)
     except ConfigError as exc:
         print(f"slm: config error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except LedgerError as exc:  # a ledger that cannot be read: distinct from a broken chain
+        print(f"slm: error: {exc.one_line()}", file=sys.stderr)
         return 2
     except SlmError as exc:
         print(f"slm: error: {exc.one_line()}", file=sys.stderr)

@@ -113,6 +113,14 @@ class NotReady(RequestError):
     code = "model_loading"
 
 
+class LedgerUnavailable(RequestError):
+    """The audit ledger cannot be written: no unaudited inference is served (503)."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "ledger_unavailable"
+
+
 class ShuttingDown(RequestError):
     """The server is stopping and its grace period for in-flight requests ran out (503)."""
 

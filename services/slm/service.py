@@ -7,13 +7,15 @@ so that /health answers at once and /ready says 503 until a warm-up token was de
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
 import uuid
 
 from slm.engine import Engine, GenerationResult
-from slm.errors import NotReady, ShuttingDown, SlmError
+from slm.errors import LedgerUnavailable, NotReady, ShuttingDown, SlmError
+from slm.ledger import Ledger
 from slm.metrics import Metrics
 from slm.model_file import ModelFile
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
@@ -25,11 +27,16 @@ log = logging.getLogger("slm.service")
 class Doorman:
     """Everything one running service holds, shared by the HTTP handlers."""
 
-    def __init__(self, settings: Settings, model_file: ModelFile, api_keys: list[str]) -> None:
+    def __init__(
+        self, settings: Settings, model_file: ModelFile, api_keys: list[str], ledger: Ledger
+    ) -> None:
         self.settings = settings
         self.model_file = model_file
         self.model_id = settings.model_id or model_file.default_id
-        self.api_keys = [k.encode() for k in api_keys]
+        # (key bytes, key id): the id names a key in the ledger without revealing it
+        self.api_keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12])
+                         for k in api_keys]
+        self.ledger = ledger
         self.metrics = Metrics()
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
@@ -101,6 +108,15 @@ class Doorman:
         stopped = self.scheduler.stop() if self.scheduler else True
         if self.engine and stopped:  # never free the model under a running decode
             self.engine.close()
+
+    def require_ledger(self) -> Ledger:
+        """The ledger, or LedgerUnavailable (503) once it could not be written."""
+        if self.ledger.error is not None:
+            raise LedgerUnavailable(
+                "the audit ledger cannot be written, so no inference is served: "
+                f"{self.ledger.error.message}"
+            )
+        return self.ledger
 
     def require_engine(self) -> tuple[Engine, Scheduler]:
         """The engine and scheduler, or NotReady (503) while loading."""

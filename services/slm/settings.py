@@ -45,9 +45,12 @@ def _setting(
     check: Check | None = None,
     cli: bool = True,
     secret: bool = False,
+    key: str | None = None,
 ) -> Any:
-    """Declare one setting: its TOML section, default, help, validator and CLI exposure."""
-    meta = {"section": section, "help": help, "check": check, "cli": cli, "secret": secret}
+    """Declare one setting: its TOML section (and key, when not the field's name), default,
+    help, validator and CLI exposure (the flag is always ``--field-name``)."""
+    meta = {"section": section, "help": help, "check": check, "cli": cli, "secret": secret,
+            "key": key}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -106,6 +109,30 @@ class Settings:
         "then sleeps (libgomp's own default).",
         check=_one_of("active", "passive", "default"),
     )
+    # [ledger]
+    ledger_path: str = _setting(
+        "ledger", "/var/lib/slm/ledger.db", "The audit ledger (SQLite); created if missing.",
+        key="path",
+    )
+    ledger_store_prompt: bool = _setting(
+        "ledger", False, "Also store the prompt text (as sent to the model) in each record; "
+        "by default only its sha256.", key="store_prompt",
+    )
+    ledger_head_log_interval_s: float = _setting(
+        "ledger", 60.0, "How often the chain head (count, hash) is written to the log.",
+        key="head_log_interval_s", check=_at_least(0.1),
+    )
+    replica: str | None = _setting(
+        "ledger", None, "Litestream replica of the ledger: `file:///path` or "
+        "`s3://bucket/prefix` (credentials from AWS_* environment variables).",
+    )
+    replica_endpoint: str | None = _setting(
+        "ledger", None, "S3-compatible endpoint URL for an `s3://` replica.",
+    )
+    replica_region: str = _setting("ledger", "us-east-1", "S3 region of the replica.")
+    replica_sync_interval_s: float = _setting(
+        "ledger", 1.0, "How often Litestream ships new ledger pages.", check=_at_least(0.1),
+    )
     # [logging]
     log_level: str = _setting(
         "logging", "info", "Log level.", check=_one_of("debug", "info", "warning", "error")
@@ -125,6 +152,11 @@ class Settings:
 
 def _fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Settings)
+
+
+def _toml_key(f: dataclasses.Field[Any]) -> str:
+    """``section.key`` of a setting in the TOML file."""
+    return f"{f.metadata['section']}.{f.metadata['key'] or f.name}"
 
 
 def _base_type(field_name: str) -> tuple[type, bool]:
@@ -170,7 +202,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     by_section: dict[str, dict[str, dataclasses.Field[Any]]] = {}
     for f in _fields():
-        by_section.setdefault(f.metadata["section"], {})[f.name] = f
+        by_section.setdefault(f.metadata["section"], {})[f.metadata["key"] or f.name] = f
     flat: dict[str, Any] = {}
     for section, table in doc.items():
         if section not in by_section:
@@ -180,7 +212,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         for key, value in table.items():
             if key not in by_section[section]:
                 raise ConfigError(f"{path}: unknown key '{section}.{key}'")
-            flat[key] = value
+            flat[by_section[section][key].name] = value
     return flat
 
 
@@ -199,7 +231,7 @@ def load_settings(
     for f in _fields():
         if f.name not in values:
             continue
-        key = f"{f.metadata['section']}.{f.name}"
+        key = _toml_key(f)
         kind, optional = _base_type(f.name)
         value = _coerce(key, kind, optional, values[f.name])
         check = f.metadata["check"]
@@ -226,14 +258,16 @@ def load_api_keys(settings: Settings) -> list[str]:
     return keys
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
+def add_flags(parser: argparse.ArgumentParser, only_section: str | None = None) -> None:
     """Add one ``--flag`` per CLI-exposed setting (defaults None: unset flags don't override)."""
     for f in _fields():
-        if not f.metadata["cli"]:
+        if not f.metadata["cli"] or only_section not in (None, f.metadata["section"]):
+            continue
+        if f.name == "replica" and only_section:  # `ledger restore` has its own --replica
             continue
         kind, _ = _base_type(f.name)
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [{f.metadata['section']}.{f.name}]"
+        help_text = f"{f.metadata['help']} [{_toml_key(f)}]"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
@@ -254,7 +288,7 @@ def settings_doc() -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-") if f.metadata["cli"] else "(file only)"
         rows.append(
-            f"| `{f.metadata['section']}.{f.name}` | `{flag}` | `{default!r}` | {f.metadata['help']} |"
+            f"| `{_toml_key(f)}` | `{flag}` | `{default!r}` | {f.metadata['help']} |"
         )
     return "\n".join(rows)
 

@@ -9,6 +9,7 @@ stream or collect. A client that disconnects cancels its job.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -34,15 +35,20 @@ from slm.errors import (
     ContextLengthExceeded,
     InternalError,
     InvalidRequest,
+    LedgerUnavailable,
     NotFound,
     RequestError,
 )
+from slm.ledger import LedgerError
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, TextEvent
 from slm.service import Doorman
 
 log = logging.getLogger("slm.api")
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+# Endpoints whose every request leaves a record in the audit ledger.
+AUDITED = frozenset({"chat", "completions", "embeddings"})
 
 
 class ClientGone(Exception):
@@ -119,21 +125,70 @@ class DoormanAPI:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request) -> str | None:
+        """Check the bearer key; return the key's id (for the ledger), None without keys."""
         keys = self.d.api_keys
         if not keys:
-            return
+            return None
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         presented = token.strip().encode() if scheme.lower() == "bearer" else b""
         # Compare against every key, always, in constant time per key.
-        ok = False
-        for key in keys:
-            ok |= hmac.compare_digest(presented, key)
-        if not ok:
+        matched = None
+        for key, key_id in keys:
+            if hmac.compare_digest(presented, key):
+                matched = key_id
+        if matched is None:
             raise AuthenticationFailed(
                 "missing or invalid API key: send 'Authorization: Bearer <key>'"
             )
+        return matched
+
+    # -- the audit ledger ---------------------------------------------------------------
+
+    def _audit_entry(
+        self, request: Request, endpoint: str, status: int, error_code: str | None
+    ) -> dict[str, Any]:
+        state, fields = request.state, request.state.log
+        store_prompt = self.d.settings.ledger_store_prompt
+        return {
+            "request_id": state.request_id, "endpoint": endpoint, "tier": "A",
+            "model": self.d.model_id, "model_sha256": self.d.model_file.sha256,
+            "status": status, "error_code": error_code,
+            "finish_reason": fields.get("finish_reason"),
+            "prompt_tokens": fields.get("prompt_tokens"),
+            "completion_tokens": fields.get("completion_tokens"),
+            "latency_us": int((time.monotonic() - state.started) * 1_000_000),
+            "prompt_sha256": state.audit.get("prompt_sha256"),
+            "prompt_text": state.audit.get("prompt_text") if store_prompt else None,
+            "entities": state.audit.get("entities", []),
+            "api_key_id": state.audit.get("api_key_id"),
+        }
+
+    async def _audit(
+        self, request: Request, endpoint: str, status: int, error_code: str | None = None
+    ) -> None:
+        """Write the request's record and wait until it is durable."""
+        future = self.d.ledger.append(self._audit_entry(request, endpoint, status, error_code))
+        try:
+            await asyncio.wrap_future(future)
+        except LedgerError as exc:
+            raise LedgerUnavailable(
+                f"the audit ledger cannot be written: {exc.message}") from None
+
+    def _audit_nowait(
+        self, request: Request, endpoint: str, status: int, error_code: str | None
+    ) -> None:
+        """Record a request that ends without an answer (error, client gone)."""
+        self.d.ledger.append(self._audit_entry(request, endpoint, status, error_code))
+
+    @staticmethod
+    def _note_prompt(request: Request, prompt: Any) -> None:
+        """Keep the prompt's sha256 (and text, for the ledger setting) on the request."""
+        text = prompt if isinstance(prompt, str) else json.dumps(
+            prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        request.state.audit["prompt_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+        request.state.audit["prompt_text"] = text
 
     def _check_model(self, name: str) -> None:
         if name != self.d.model_id:
@@ -143,31 +198,44 @@ class DoormanAPI:
             )
 
     def endpoint(self, name: str, handler: Handler, *, auth: bool = True) -> Handler:
-        """Wrap a handler: request id, auth, error rendering, metrics and one log line."""
+        """Wrap a handler: request id, auth, ledger record, error rendering, metrics and
+        one log line. Inference endpoints answer only once their record is durable."""
+        audited = name in AUDITED
 
         async def wrapped(request: Request) -> Response:
             request_id = _request_id(request)
             request.state.request_id = request_id
             request.state.log = {}
-            started = time.monotonic()
+            request.state.audit = {}
+            request.state.started = started = time.monotonic()
             status = 500
             try:
                 if auth:
-                    self._authenticate(request)
+                    request.state.audit["api_key_id"] = self._authenticate(request)
+                if audited:
+                    self.d.require_ledger()
                 response = await handler(request)
+                if audited and not request.state.log.get("streaming"):
+                    await self._audit(request, name, response.status_code)
                 response.headers.setdefault("X-Request-Id", request_id)
                 status = response.status_code
                 return response
             except ClientGone:
                 status = 499
+                if audited:
+                    self._audit_nowait(request, name, 499, "client_closed_request")
                 return Response(status_code=499)
             except RequestError as exc:
                 status = exc.status
+                if audited and not isinstance(exc, LedgerUnavailable):
+                    self._audit_nowait(request, name, exc.status, exc.code)
                 if isinstance(exc, Cancelled):
                     return Response(status_code=499)
                 return error_response(exc, request_id)
             except Exception:  # noqa: BLE001 - never a traceback to the client
                 log.exception("unhandled error", extra={"request_id": request_id})
+                if audited:
+                    self._audit_nowait(request, name, 500, "internal_error")
                 return error_response(InternalError("internal server error"), request_id)
             finally:
                 self.d.metrics.requests.labels(name, str(status)).inc()
@@ -192,6 +260,7 @@ class DoormanAPI:
 
     async def ready(self, request: Request) -> Response:
         self.d.require_engine()
+        self.d.require_ledger()
         return JSONResponse({"status": "ready", "model": self.d.model_id})
 
     async def metrics(self, request: Request) -> Response:
@@ -271,6 +340,7 @@ class DoormanAPI:
         self._check_model(req.model)
         engine, _ = self.d.require_engine()
         messages = schemas.chat_messages(req.messages)
+        self._note_prompt(request, messages)
         grammar = schemas.grammar_for(req.response_format)
         if grammar is not None:
             engine.check_grammar(grammar)
@@ -297,6 +367,7 @@ class DoormanAPI:
         if len(prompts) != 1:
             raise schemas.Unsupported("exactly one prompt per request is supported",
                                       param="prompt")
+        self._note_prompt(request, prompts[0])
         prompt = engine.tokenize(prompts[0], add_special=True)
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
@@ -326,7 +397,7 @@ class DoormanAPI:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _JobStreamingResponse(
                 job,
-                self._stream(job, first, reply, include_usage, request.state.log),
+                self._stream(request, job, first, reply, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -348,10 +419,10 @@ class DoormanAPI:
         return JSONResponse(reply.whole("".join(texts), result))
 
     async def _stream(
-        self, job: Job, first: Event, reply: _Reply, include_usage: bool,
-        log_fields: dict[str, Any],
+        self, request: Request, job: Job, first: Event, reply: _Reply, include_usage: bool
     ) -> AsyncIterator[bytes]:
-        started = time.monotonic()
+        endpoint = "chat" if reply.chat else "completions"
+        log_fields = request.state.log
         log_fields.update(request_id=job.request_id, status=200)
         ended = False
         try:
@@ -369,30 +440,39 @@ class DoormanAPI:
                         following = queued
                 yield b"".join(frames)
                 event = following or await job.events.get()
-            if isinstance(event, ErrorEvent):
-                err = event.error
-                log_fields["error"] = err.code
-                ended = True
-                yield _sse({"error": {"message": err.message, "type": err.type,
-                                      "param": err.param, "code": err.code}})
-                return
-            assert isinstance(event, DoneEvent)
-            result: GenerationResult = event.result
-            log_fields.update(completion_tokens=result.completion_tokens,
-                              finish_reason=result.finish_reason)
-            yield _sse(reply.chunk({} if reply.chat else "", finish=result.finish_reason))
-            if include_usage:
-                yield _sse(reply.usage_chunk(result))
+            if isinstance(event, DoneEvent):
+                result: GenerationResult = event.result
+                log_fields.update(completion_tokens=result.completion_tokens,
+                                  finish_reason=result.finish_reason)
+                yield _sse(reply.chunk({} if reply.chat else "", finish=result.finish_reason))
+                if include_usage:
+                    yield _sse(reply.usage_chunk(result))
+                try:  # [DONE] acknowledges the answer: only once its record is durable
+                    await self._audit(request, endpoint, 200)
+                except LedgerUnavailable as exc:
+                    event = ErrorEvent(exc)
+                else:
+                    ended = True
+                    yield b"data: [DONE]\n\n"
+                    return
+            assert isinstance(event, ErrorEvent)
+            err = event.error
+            log_fields["error"] = err.code
+            if not isinstance(err, LedgerUnavailable):
+                self._audit_nowait(request, endpoint, err.status, err.code)
             ended = True
-            yield b"data: [DONE]\n\n"
+            yield _sse({"error": {"message": err.message, "type": err.type,
+                                  "param": err.param, "code": err.code}})
         finally:
             if not ended:
                 log_fields["cancelled"] = True
+                self._audit_nowait(request, endpoint, 499, "client_closed_request")
             job.cancel.set()  # no-op after the end; stops the decode if the client left
             log_fields.pop("streaming", None)
             log.info("request", extra={
-                "endpoint": "chat" if reply.chat else "completions",
-                "ms": round((time.monotonic() - started) * 1000, 1), **log_fields,
+                "endpoint": endpoint,
+                "ms": round((time.monotonic() - request.state.started) * 1000, 1),
+                **log_fields,
             })
 
     # -- embeddings ---------------------------------------------------------------------
@@ -413,6 +493,7 @@ class DoormanAPI:
             raise schemas.Unsupported("only encoding_format 'float' is supported",
                                       param="encoding_format")
         raw = req.input
+        self._note_prompt(request, raw)
         if isinstance(raw, str):
             inputs = [engine.tokenize(raw)]
         elif raw and all(isinstance(x, int) for x in raw):
