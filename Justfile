@@ -20,6 +20,7 @@ serve *ARGS: setup
 test *ARGS: setup
     {{bin}}/pytest {{ARGS}}
 
-# speed and memory figures of the default model, against llama.cpp's llama-bench
+# speed and memory figures: the default model against llama.cpp's llama-bench, and the ledger
 bench: setup
     {{bin}}/python tests/bench/bench.py
+    {{bin}}/python tests/bench/bench_ledger.py
