@@ -24,3 +24,9 @@ test *ARGS: setup
 bench: setup
     {{bin}}/python tests/bench/bench.py
     {{bin}}/python tests/bench/bench_ledger.py
+
+# the license gate over exactly what ships (build/out/ship-venv): table, JSON report, SBOM
+licenses: setup
+    build/ship-env.sh
+    {{bin}}/slm-gate licenses --python build/out/ship-venv/bin/python \
+        --json build/out/licenses.json --sbom build/out/sbom.cdx.json

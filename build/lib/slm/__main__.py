@@ -1,0 +1,5 @@
+"""Allow ``python -m slm``."""
+
+from slm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The Doorman's HTTP surface (OpenAI-compatible)."""

@@ -1,0 +1,41 @@
+"""Render every failure in OpenAI's error shape, from one place."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from slm.errors import QueueFull, RequestError
+
+_HTTP_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "unavailable_error",
+    504: "timeout_error",
+}
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | int | None = None
+) -> dict[str, dict[str, object]]:
+    """``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: RequestError, request_id: str | None = None) -> JSONResponse:
+    """The JSON response (status, body, headers) for a request error."""
+    headers = {"X-Request-Id": request_id} if request_id else {}
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def http_error_response(status: int, message: str) -> JSONResponse:
+    """An OpenAI-shaped response for routing errors (unknown path, wrong method)."""
+    type_ = _HTTP_STATUS_TYPES.get(status, "invalid_request_error")
+    return JSONResponse(error_body(message, type_, code=status), status_code=status)

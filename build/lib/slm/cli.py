@@ -1,0 +1,146 @@
+"""The ``slm`` command: ``serve`` the Doorman, audit its ``ledger``, inspect ``config``.
+
+Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use,
+broken ledger chain), 2 invalid configuration or usage, or a ledger file that cannot be
+read. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slm import __version__
+from slm.errors import ConfigError, SlmError
+from slm.ledger import LedgerError
+from slm.settings import (
+    Settings,
+    add_flags,
+    flag_overrides,
+    load_api_keys,
+    load_settings,
+    settings_doc,
+)
+
+if TYPE_CHECKING:
+    from slm.replication import Replica
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slm", description="service-slm, the Doorman: an OpenAI-compatible LLM gateway."
+    )
+    parser.add_argument("--version", action="version", version=f"slm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP service")
+    serve.add_argument("--config", type=Path, default=None,
+                       help="TOML config file (default: /etc/slm/slm.toml when present)")
+    add_flags(serve)
+
+    ledger = sub.add_parser("ledger", help="verify, export or restore the audit ledger")
+    ledger_sub = ledger.add_subparsers(dest="action", required=True)
+    verify = ledger_sub.add_parser(
+        "verify", help="walk the hash chain (exit 0 intact, 1 broken, 2 unreadable)")
+    verify.add_argument("--db", type=Path, required=True, help="ledger file")
+    verify.add_argument("--expect", metavar="COUNT:HASH",
+                        help="a chain head from the service log that the ledger must contain")
+    export = ledger_sub.add_parser("export", help="stream records as CSV or JSON lines")
+    export.add_argument("--db", type=Path, required=True, help="ledger file")
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    export.add_argument("--since", help="only records at or after this ISO 8601 time")
+    restore = ledger_sub.add_parser("restore", help="restore the ledger from its replica")
+    restore.add_argument("--out", type=Path, required=True, help="new ledger file to write")
+    restore.add_argument("--replica", help="replica URL (default: ledger.replica of --config)")
+    restore.add_argument("--config", type=Path, default=None, help="TOML config file")
+    add_flags(restore, only_section="ledger")
+
+    config = sub.add_parser("config", help="show the effective configuration or its docs")
+    config.add_argument("action", choices=["show", "doc"])
+    config.add_argument("--config", type=Path, default=None, help="TOML config file")
+    add_flags(config)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, flag_overrides(args))
+    api_keys = load_api_keys(settings)
+    from slm.serve import serve
+
+    return serve(settings, api_keys)
+
+
+def _replica(settings: Settings, url: str | None) -> Replica:
+    from slm.replication import Replica
+
+    url = url or settings.replica
+    if not url:
+        raise ConfigError("no replica: pass --replica URL or set ledger.replica in --config")
+    return Replica(url, endpoint=settings.replica_endpoint, region=settings.replica_region)
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from slm import ledger_audit
+
+    if args.action == "verify":
+        expect = None
+        if args.expect:
+            count, _, head = args.expect.partition(":")
+            if not count.isdigit() or len(head) != 64:
+                raise ConfigError("--expect takes COUNT:HASH as logged in 'ledger head' lines")
+            expect = (int(count), head)
+        verdict = ledger_audit.verify(args.db, expect)
+        if verdict.ok:
+            print(f"ok: {verdict.count} records, head {verdict.head}")
+            return 0
+        print(f"broken at record {verdict.broken_id}: {verdict.reason} "
+              f"({verdict.count} records verified before it)")
+        return 1
+    if args.action == "export":
+        try:
+            ledger_audit.export(args.db, args.format, args.since)
+        except BrokenPipeError:  # `| head` closed the pipe: not an error
+            sys.stderr.close()
+        return 0
+    from slm.replication import restore
+
+    settings = load_settings(args.config, flag_overrides(args))
+    restore(_replica(settings, args.replica), args.out)
+    verdict = ledger_audit.verify(args.out)
+    print(f"restored {args.out}: {verdict.count} records, head {verdict.head}"
+          + ("" if verdict.ok else f"; chain broken at record {verdict.broken_id}"))
+    return 0 if verdict.ok else 1
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.action == "doc":
+        print(settings_doc())
+        return 0
+    settings = load_settings(args.config, flag_overrides(args))
+    print(json.dumps(settings.redacted(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``slm`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "ledger":
+            return _ledger(args)
+        return _config(args)
+    except ConfigError as exc:
+        print(f"slm: config error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except LedgerError as exc:  # a ledger that cannot be read: distinct from a broken chain
+        print(f"slm: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except SlmError as exc:
+        print(f"slm: error: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,73 @@
+"""Prometheus metrics of the Doorman (served as text at /metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# "_created" series double the output and no dashboard of ours reads them.
+disable_created_metrics()
+
+
+class Metrics:
+    """Every metric the service exports, in one registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "slm_requests", "HTTP requests by endpoint and status code",
+            ["endpoint", "status"], registry=r,
+        )
+        self.cancelled = Counter(
+            "slm_requests_cancelled", "Requests whose client went away before the end",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "slm_queue_depth", "Requests admitted and waiting for the model", registry=r
+        )
+        self.processing = Gauge(
+            "slm_requests_processing", "Requests the model is working on", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "slm_prompt_tokens", "Prompt tokens received (tokens in)", registry=r
+        )
+        self.completion_tokens = Counter(
+            "slm_completion_tokens", "Tokens generated (tokens out)", registry=r
+        )
+        self.prompt_seconds = Counter(
+            "slm_prompt_seconds", "Time spent processing prompts", registry=r
+        )
+        self.generation_seconds = Counter(
+            "slm_generation_seconds", "Time spent generating tokens", registry=r
+        )
+        self.prompt_tps = Gauge(
+            "slm_prompt_tokens_per_second", "Prompt processing speed of the last request",
+            registry=r,
+        )
+        self.generation_tps = Gauge(
+            "slm_generation_tokens_per_second", "Generation speed of the last request",
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "slm_time_to_first_token_seconds", "Time from admission to the first token",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
+        )
+        self.ready = Gauge("slm_ready", "1 once the model is loaded and warm", registry=r)
+
+    def track_queue(self, waiting: Callable[[], int], processing: Callable[[], int]) -> None:
+        """Read queue figures at scrape time instead of tracking every change."""
+        self.queue_depth.set_function(waiting)
+        self.processing.set_function(processing)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of all metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,132 @@
+"""``slm serve``: check the model, open the ledger, start replication, run the HTTP server.
+
+Order matters: everything that can be refused (model file, ledger) is checked before the
+port is bound, so a bad start leaves no half-started server. The model then loads in the
+background (``/ready`` says 503 until a warm-up token decoded); a load failure stops the
+server with exit 1. SIGTERM: in-flight requests get ``shutdown_grace_s``, then the ledger
+commits what is queued, Litestream ships it, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from slm import __version__
+from slm.errors import SlmError
+from slm.settings import Settings
+
+log = logging.getLogger("slm.serve")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT start the Doorman's grace period and end in exit 0
+    (uvicorn re-raises the signal after shutdown, which kills the process before our
+    clean-up runs)."""
+
+    on_exit_signal: Any = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.on_exit_signal:
+            self.on_exit_signal()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {s: signal.signal(s, self.handle_exit)
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _set_omp_wait_policy(policy: str) -> None:
+    """libgomp reads its wait policy when llama.cpp's libraries load (first import)."""
+    if policy == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = policy.upper()
+
+
+def serve(settings: Settings, api_keys: list[str]) -> int:
+    """Run the Doorman until SIGTERM/SIGINT; the process exit code."""
+    from slm.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    _set_omp_wait_policy(settings.omp_wait_policy)
+
+    from slm.ledger import Ledger
+    from slm.model_file import open_model_file
+    from slm.replication import Replica, Replicator
+
+    model_file = open_model_file(settings.model, settings.model_sha256)
+    replica = (
+        Replica(settings.replica, endpoint=settings.replica_endpoint,
+                region=settings.replica_region,
+                sync_interval_s=settings.replica_sync_interval_s)
+        if settings.replica else None
+    )
+    if replica:
+        replica.litestream_entry()  # refuse a bad replica URL before anything starts
+    ledger = Ledger(
+        Path(settings.ledger_path),
+        head_log_interval_s=settings.ledger_head_log_interval_s,
+        app_checkpoints=replica is None,  # Litestream's guidance: it checkpoints, not us
+    )
+    replicator = Replicator(replica, ledger.path) if replica else None
+
+    from slm.api.app import create_app
+    from slm.engine import quiet_llama_logs
+    from slm.service import Doorman
+
+    quiet_llama_logs()
+    doorman = Doorman(settings, model_file, api_keys, ledger)
+    server = _Server(
+        uvicorn.Config(
+            create_app(doorman), host=settings.host, port=settings.port, log_config=None,
+            access_log=False, lifespan="off", server_header=False,
+            # ours ends the requests at shutdown_grace_s; uvicorn's is only a backstop
+            timeout_graceful_shutdown=settings.shutdown_grace_s + 5,
+        )
+    )
+    server.on_exit_signal = doorman.begin_shutdown
+
+    def load() -> None:
+        try:
+            doorman.load()
+        except SlmError as exc:
+            log.error("model load failed: %s", exc.one_line())
+            server.should_exit = True
+        except Exception:  # noqa: BLE001
+            log.exception("model load failed")
+            doorman.load_error = SlmError("model load failed")
+            server.should_exit = True
+
+    log.info("starting", extra={"version": __version__, "host": settings.host,
+                                "port": settings.port, "model": str(model_file.path),
+                                "ledger": str(ledger.path)})
+    try:
+        if replicator:
+            replicator.start()
+        threading.Thread(target=load, name="slm-load", daemon=True).start()
+        server.run()
+    finally:
+        doorman.close()
+        ledger.close()
+        if replicator:
+            replicator.stop()
+    if doorman.load_error is not None:
+        print(f"slm: error: {doorman.load_error.one_line()}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1

@@ -1,0 +1,149 @@
+"""The Doorman's state: settings, the model, the engine and its scheduler, metrics.
+
+Created by ``slm serve`` before the HTTP server starts; the model loads in the background
+so that /health answers at once and /ready says 503 until a warm-up token was decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+import uuid
+
+from slm.engine import Engine, GenerationResult
+from slm.errors import LedgerUnavailable, NotReady, ShuttingDown, SlmError
+from slm.ledger import Ledger
+from slm.metrics import Metrics
+from slm.model_file import ModelFile
+from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
+from slm.settings import Settings, environment_threads
+
+log = logging.getLogger("slm.service")
+
+
+class Doorman:
+    """Everything one running service holds, shared by the HTTP handlers."""
+
+    def __init__(
+        self, settings: Settings, model_file: ModelFile, api_keys: list[str], ledger: Ledger
+    ) -> None:
+        self.settings = settings
+        self.model_file = model_file
+        self.model_id = settings.model_id or model_file.default_id
+        # (key bytes, key id): the id names a key in the ledger without revealing it
+        self.api_keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12])
+                         for k in api_keys]
+        self.ledger = ledger
+        self.metrics = Metrics()
+        self.engine: Engine | None = None
+        self.scheduler: Scheduler | None = None
+        self.load_error: SlmError | None = None
+        self.ready = threading.Event()
+        self.started_at = time.time()
+        self._shutdown_timer: threading.Timer | None = None
+
+    @property
+    def threads(self) -> int:
+        """Decode threads: the setting, or every CPU this process may use."""
+        return self.settings.threads or environment_threads()
+
+    def load(self) -> None:
+        """Load the model, decode a warm-up token, start the worker; then mark ready."""
+        began = time.monotonic()
+        try:
+            engine = Engine(
+                self.model_file, n_ctx=self.settings.ctx, n_threads=self.threads,
+                n_batch=self.settings.batch,
+            )
+            engine.warm_up()
+        except SlmError as exc:
+            self.load_error = exc
+            raise
+        self.engine = engine
+        self.scheduler = Scheduler(
+            engine, queue_depth=self.settings.queue_depth, on_finished=self._record
+        )
+        self.metrics.track_queue(
+            lambda: self.scheduler.waiting if self.scheduler else 0,
+            lambda: 1 if self.scheduler and self.scheduler.running else 0,
+        )
+        self.scheduler.start()
+        self.ready.set()
+        self.metrics.ready.set(1)
+        log.info(
+            "model ready",
+            extra={
+                "model_id": self.model_id, "model_sha256": self.model_file.sha256,
+                "n_ctx": engine.n_ctx, "threads": self.threads,
+                "load_seconds": round(time.monotonic() - began, 3),
+                "embeddings": engine.info.supports_embeddings,
+            },
+        )
+
+    def begin_shutdown(self) -> None:
+        """Let in-flight requests run for the grace period, then end them with a 503."""
+        if self._shutdown_timer is not None:
+            return
+        self.ready.clear()
+        self.metrics.ready.set(0)
+        log.info("shutting down", extra={"grace_s": self.settings.shutdown_grace_s})
+
+        def expire() -> None:
+            if self.scheduler:
+                self.scheduler.abort_all(ShuttingDown("the server is shutting down"))
+
+        self._shutdown_timer = threading.Timer(self.settings.shutdown_grace_s, expire)
+        self._shutdown_timer.daemon = True
+        self._shutdown_timer.start()
+
+    def close(self) -> None:
+        """Stop the worker and free the model."""
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+        self.ready.clear()
+        self.metrics.ready.set(0)
+        stopped = self.scheduler.stop() if self.scheduler else True
+        if self.engine and stopped:  # never free the model under a running decode
+            self.engine.close()
+
+    def require_ledger(self) -> Ledger:
+        """The ledger, or LedgerUnavailable (503) once it could not be written."""
+        if self.ledger.error is not None:
+            raise LedgerUnavailable(
+                "the audit ledger cannot be written, so no inference is served: "
+                f"{self.ledger.error.message}"
+            )
+        return self.ledger
+
+    def require_engine(self) -> tuple[Engine, Scheduler]:
+        """The engine and scheduler, or NotReady (503) while loading."""
+        if not self.ready.is_set() or self.engine is None or self.scheduler is None:
+            raise NotReady("the model is still loading")
+        return self.engine, self.scheduler
+
+    def new_job(self, request_id: str | None = None) -> Job:
+        """A job for the current request, with its deadline starting now."""
+        return Job(
+            request_id=request_id or uuid.uuid4().hex,
+            deadline=time.monotonic() + self.settings.request_timeout_s,
+            loop=asyncio.get_running_loop(),
+        )
+
+    def _record(self, job: Job, event: Event) -> None:
+        """Account a finished job in the metrics (runs on the worker thread)."""
+        if isinstance(event, ErrorEvent) and job.cancel.is_set():
+            self.metrics.cancelled.inc()
+        if isinstance(event, DoneEvent) and isinstance(event.result, GenerationResult):
+            r = event.result
+            m = self.metrics
+            m.prompt_tokens.inc(r.prompt_tokens)
+            m.completion_tokens.inc(r.completion_tokens)
+            m.prompt_seconds.inc(r.prompt_seconds)
+            m.generation_seconds.inc(r.generation_seconds)
+            m.prompt_tps.set(r.prompt_tokens_per_second)
+            m.generation_tps.set(r.generation_tokens_per_second)
+            if r.first_token_seconds is not None and job.started_at is not None:
+                m.ttft.observe(job.started_at - job.enqueued_at + r.first_token_seconds)

@@ -1,0 +1,301 @@
+"""One settings schema for the TOML config file, the CLI flags and the docs.
+
+Each field of :class:`Settings` carries its TOML section, help text and (optionally) a
+validator in its metadata. ``load_settings`` reads the file, applies flag overrides and
+validates; ``add_flags`` builds the argparse options; ``settings_doc`` renders the table in
+the README. Add an option in one place: a new field here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from slm.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/slm/slm.toml")
+
+Check = Callable[[Any], str | None]
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _between(low: int, high: int) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _setting(
+    section: str,
+    default: Any,
+    help: str,
+    *,
+    check: Check | None = None,
+    cli: bool = True,
+    secret: bool = False,
+    key: str | None = None,
+) -> Any:
+    """Declare one setting: its TOML section (and key, when not the field's name), default,
+    help, validator and CLI exposure (the flag is always ``--field-name``)."""
+    meta = {"section": section, "help": help, "check": check, "cli": cli, "secret": secret,
+            "key": key}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The Doorman's whole configuration (TOML sections in brackets)."""
+
+    # [server]
+    host: str = _setting("server", "127.0.0.1", "Address to bind; loopback by default.")
+    port: int = _setting("server", 8080, "TCP port to listen on.", check=_between(0, 65535))
+    api_keys: list[str] = _setting(
+        "server", [], "API keys accepted as `Authorization: Bearer KEY` (none = no auth).",
+        cli=False, secret=True,
+    )
+    api_key_file: str | None = _setting(
+        "server", None, "File with one API key per line (added to `api_keys`)."
+    )
+    max_body_bytes: int = _setting(
+        "server", 1_048_576, "Largest request body accepted (413 above).", check=_at_least(1024)
+    )
+    queue_depth: int = _setting(
+        "server", 8, "Requests that may wait for the model; more get 429.", check=_at_least(1)
+    )
+    request_timeout_s: float = _setting(
+        "server", 300.0, "Deadline of a request, queueing included (504 after).",
+        check=_at_least(0.01),
+    )
+    shutdown_grace_s: float = _setting(
+        "server", 10.0, "On SIGTERM, how long in-flight requests may finish before they "
+        "are ended with a 503 `shutting_down` error.", check=_at_least(0),
+    )
+    # [model]
+    model: str | None = _setting(
+        "model", None, "GGUF model file; default: the embedded SmolLM2-135M-Instruct Q4_1."
+    )
+    model_sha256: str | None = _setting(
+        "model", None, "Expected sha256 of the model file (checked before loading)."
+    )
+    model_id: str | None = _setting(
+        "model", None, "Model name clients must send; default: the file name without .gguf."
+    )
+    ctx: int = _setting("model", 4096, "Context size in tokens.", check=_at_least(16))
+    # [engine]
+    threads: int = _setting(
+        "engine", 0, "Threads for decoding (0 = all CPUs this process may use).",
+        check=_at_least(0),
+    )
+    batch: int = _setting(
+        "engine", 512, "Prompt tokens decoded per batch.", check=_at_least(1)
+    )
+    omp_wait_policy: str = _setting(
+        "engine", "default",
+        "OpenMP wait policy: `active` spins, `passive` sleeps, `default` spins briefly "
+        "then sleeps (libgomp's own default).",
+        check=_one_of("active", "passive", "default"),
+    )
+    # [ledger]
+    ledger_path: str = _setting(
+        "ledger", "/var/lib/slm/ledger.db", "The audit ledger (SQLite); created if missing.",
+        key="path",
+    )
+    ledger_store_prompt: bool = _setting(
+        "ledger", False, "Also store the prompt text (as sent to the model) in each record; "
+        "by default only its sha256.", key="store_prompt",
+    )
+    ledger_head_log_interval_s: float = _setting(
+        "ledger", 60.0, "How often the chain head (count, hash) is written to the log.",
+        key="head_log_interval_s", check=_at_least(0.1),
+    )
+    replica: str | None = _setting(
+        "ledger", None, "Litestream replica of the ledger: `file:///path` or "
+        "`s3://bucket/prefix` (credentials from AWS_* environment variables).",
+    )
+    replica_endpoint: str | None = _setting(
+        "ledger", None, "S3-compatible endpoint URL for an `s3://` replica.",
+    )
+    replica_region: str = _setting("ledger", "us-east-1", "S3 region of the replica.")
+    replica_sync_interval_s: float = _setting(
+        "ledger", 1.0, "How often Litestream ships new ledger pages.", check=_at_least(0.1),
+    )
+    # [logging]
+    log_level: str = _setting(
+        "logging", "info", "Log level.", check=_one_of("debug", "info", "warning", "error")
+    )
+    log_format: str = _setting(
+        "logging", "json", "`json` (one object a line) or `text`.", check=_one_of("json", "text")
+    )
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked, for logs and `slm config show`."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ["***"] * len(value) if f.metadata["secret"] and value else value
+        return out
+
+
+def _fields() -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(Settings)
+
+
+def _toml_key(f: dataclasses.Field[Any]) -> str:
+    """``section.key`` of a setting in the TOML file."""
+    return f"{f.metadata['section']}.{f.metadata['key'] or f.name}"
+
+
+def _base_type(field_name: str) -> tuple[type, bool]:
+    """The value type of a setting and whether it may be None."""
+    hint = typing.get_type_hints(Settings)[field_name]
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    if origin is list:
+        return list, False
+    return hint, False
+
+
+def _type_name(kind: type) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list"}[kind]
+
+
+def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
+    """Check a TOML value's type; ints are accepted where floats are expected."""
+    if value is None and optional:
+        return None
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and ok and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings")
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML file into a flat ``{setting: value}`` dict, refusing unknown keys."""
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    by_section: dict[str, dict[str, dataclasses.Field[Any]]] = {}
+    for f in _fields():
+        by_section.setdefault(f.metadata["section"], {})[f.metadata["key"] or f.name] = f
+    flat: dict[str, Any] = {}
+    for section, table in doc.items():
+        if section not in by_section:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: '{section}' must be a table ([{section}])")
+        for key, value in table.items():
+            if key not in by_section[section]:
+                raise ConfigError(f"{path}: unknown key '{section}.{key}'")
+            flat[by_section[section][key].name] = value
+    return flat
+
+
+def load_settings(
+    config_path: Path | None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build validated settings: defaults < config file < overrides (CLI flags).
+
+    With no explicit path, ``/etc/slm/slm.toml`` is read when it exists.
+    """
+    if config_path is None and DEFAULT_CONFIG_PATH.is_file():
+        config_path = DEFAULT_CONFIG_PATH
+    values: dict[str, Any] = read_config_file(config_path) if config_path else {}
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    checked: dict[str, Any] = {}
+    for f in _fields():
+        if f.name not in values:
+            continue
+        key = _toml_key(f)
+        kind, optional = _base_type(f.name)
+        value = _coerce(key, kind, optional, values[f.name])
+        check = f.metadata["check"]
+        problem = check(value) if check and value is not None else None
+        if problem:
+            raise ConfigError(f"{key}: {problem} (got {value!r})")
+        checked[f.name] = value
+    return Settings(**checked)
+
+
+def load_api_keys(settings: Settings) -> list[str]:
+    """All accepted API keys: ``api_keys`` plus the lines of ``api_key_file``."""
+    keys = list(settings.api_keys)
+    if settings.api_key_file:
+        try:
+            text = Path(settings.api_key_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(
+                f"server.api_key_file: cannot read {settings.api_key_file}: {exc.strerror}"
+            ) from None
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+    if any(len(k) < 8 for k in keys):
+        raise ConfigError("server.api_keys: every key must be at least 8 characters")
+    return keys
+
+
+def add_flags(parser: argparse.ArgumentParser, only_section: str | None = None) -> None:
+    """Add one ``--flag`` per CLI-exposed setting (defaults None: unset flags don't override)."""
+    for f in _fields():
+        if not f.metadata["cli"] or only_section not in (None, f.metadata["section"]):
+            continue
+        if f.name == "replica" and only_section:  # `ledger restore` has its own --replica
+            continue
+        kind, _ = _base_type(f.name)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [{_toml_key(f)}]"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
+                                metavar=_type_name(kind).upper())
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags on the command line."""
+    return {f.name: getattr(args, f.name, None) for f in _fields() if f.metadata["cli"]}
+
+
+def settings_doc() -> str:
+    """A Markdown table of every setting, for the README."""
+    rows = ["| TOML key | flag | default | meaning |", "|---|---|---|---|"]
+    for f in _fields():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-") if f.metadata["cli"] else "(file only)"
+        rows.append(
+            f"| `{_toml_key(f)}` | `{flag}` | `{default!r}` | {f.metadata['help']} |"
+        )
+    return "\n".join(rows)
+
+
+def environment_threads() -> int:
+    """CPUs this process may run on (respects affinity and cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1

