@@ -58,7 +58,9 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_model(path: Path, *, seed: int = 1234, pooling: bool = False) -> Path:
+def write_tiny_model(
+    path: Path, *, seed: int = 1234, pooling: bool = False, license: str = "mit"
+) -> Path:
     """Write the tiny model to ``path`` (deterministic for a given seed) and return it."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = vocabulary()
@@ -67,7 +69,7 @@ def write_tiny_model(path: Path, *, seed: int = 1234, pooling: bool = False) -> 
 
     writer = gguf.GGUFWriter(str(path), arch="llama")
     writer.add_name("tiny-test-llama")
-    writer.add_license("mit")
+    writer.add_license(license)
     writer.add_context_length(N_CTX_TRAIN)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYER)
