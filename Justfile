@@ -20,6 +20,10 @@ serve *ARGS: setup
 test *ARGS: setup
     {{bin}}/pytest {{ARGS}}
 
+# static checks (ruff)
+lint: setup
+    {{bin}}/ruff check services policy tests
+
 # speed and memory figures: the default model against llama.cpp's llama-bench, and the ledger
 bench: setup
     {{bin}}/python tests/bench/bench.py

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import EOG_BIAS, TINY_ID
 
 USER = [{"role": "user", "content": "hello world"}]

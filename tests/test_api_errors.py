@@ -2,7 +2,6 @@
 
 import httpx
 import pytest
-
 from conftest import TINY_ID
 
 USER = [{"role": "user", "content": "hi"}]
@@ -56,7 +55,9 @@ def test_unknown_fields_are_ignored(client):
     assert r.status_code == 200
 
 
-@pytest.mark.parametrize("raw", [b"{bad", b"", b"[1,2]", b"null", "{\"model\": \"\xff\"}".encode("latin-1")])
+@pytest.mark.parametrize(
+    "raw", [b"{bad", b"", b"[1,2]", b"null", '{"model": "\xff"}'.encode("latin-1")]
+)
 def test_malformed_json_gets_400(client, raw):
     r = client.post("/v1/chat/completions", content=raw,
                     headers={"content-type": "application/json"})

@@ -3,7 +3,6 @@
 import hashlib
 
 import pytest
-
 from conftest import free_port, run_slm
 
 

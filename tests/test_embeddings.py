@@ -3,7 +3,6 @@
 import math
 
 import httpx
-
 from conftest import TINY_ID
 
 

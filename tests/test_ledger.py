@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import run_slm
 from slm.ledger import FIELDS, Ledger, record_hash
 from slm.ledger_audit import verify
@@ -221,3 +220,57 @@ def test_export_reads_a_live_ledger_without_blocking_the_writer(ledger_path):
     assert ledger.append(entry(51)).result(5) == 51  # the writer is not blocked
     reader.close()
     ledger.close()
+
+
+def test_a_lock_held_elsewhere_fails_that_batch_only(ledger_path):
+    ledger = Ledger(ledger_path, busy_timeout_ms=200)
+    ledger.append(entry(1)).result(5)
+    holder = sqlite3.connect(ledger_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Exception, match="locked"):
+            ledger.append(entry(2)).result(10)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert ledger.writable
+    assert ledger.append(entry(3)).result(5) == 2  # no gap: the failed batch took no id
+    ledger.close()
+    assert verify(ledger_path).ok
+
+
+def test_an_unexpected_error_marks_the_ledger_unwritable_instead_of_killing_it(ledger_path):
+    ledger = Ledger(ledger_path)
+    with pytest.raises(Exception, match="cannot be written"):
+        ledger.append({**entry(1), "prompt_tokens": 2**70}).result(5)  # no SQLite integer
+    assert not ledger.writable
+    with pytest.raises(Exception, match="cannot be written"):
+        ledger.append(entry(2)).result(5)  # refused at once, never hangs
+    ledger.close()
+
+
+def test_paths_with_uri_characters_open_the_right_file(tmp_path):
+    odd = tmp_path / "%41" / "x#y?z"
+    odd.mkdir(parents=True)
+    (tmp_path / "A").mkdir()
+    make_ledger(odd / "ledger.db", 2)
+    make_ledger(tmp_path / "A" / "ledger.db", 5)
+    assert verify(odd / "ledger.db").count == 2
+
+
+def test_csv_export_neutralises_formulas():
+    from slm.ledger_audit import _csv_safe
+
+    assert _csv_safe("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert _csv_safe("@cmd") == "'@cmd" and _csv_safe("chat") == "chat" and _csv_safe(5) == 5
+
+
+def test_verify_reports_odd_rows_without_a_traceback(ledger_path):
+    conn = sqlite3.connect(ledger_path)  # a look-alike table with untyped columns
+    conn.execute(f"CREATE TABLE records ({', '.join(FIELDS)}, hash)")
+    conn.execute("INSERT INTO records (id, hash) VALUES ('one', NULL)")
+    conn.commit()
+    conn.close()
+    r = run_slm("ledger", "verify", "--db", str(ledger_path))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "broken at record" in r.stdout

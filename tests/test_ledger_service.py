@@ -12,7 +12,6 @@ import threading
 import time
 
 import httpx
-
 from conftest import EOG_BIAS, SLM, TINY_ID, Server, free_port
 from slm.ledger_audit import verify
 

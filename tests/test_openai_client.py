@@ -2,7 +2,6 @@
 
 import openai
 import pytest
-
 from conftest import EOG_BIAS, TINY_ID
 
 

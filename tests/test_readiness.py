@@ -1,14 +1,12 @@
 """Liveness is not readiness: /ready is 503 until the model is loaded and warm."""
 
-from starlette.testclient import TestClient
-
+from conftest import TINY_ID
 from slm.api.app import create_app
 from slm.ledger import Ledger
 from slm.model_file import open_model_file
 from slm.service import Doorman
 from slm.settings import Settings
-
-from conftest import TINY_ID
+from starlette.testclient import TestClient
 
 
 def test_ready_is_503_until_loaded_then_200(tiny_model, tmp_path):

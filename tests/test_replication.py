@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import TINY_ID, free_port, run_slm
 from slm.ledger_audit import verify
 
@@ -105,3 +104,33 @@ def test_s3_replica_on_loopback_restores_record_for_record(
     assert r.returncode == 0, r.stderr
     assert all_rows(out) == all_rows(server.ledger)
     assert verify(out).count == 9
+
+
+def test_a_crashed_litestream_is_restarted(start_server, tiny_model, tmp_path):
+    replica = f"file://{tmp_path / 'replica'}"
+    server = start_server(tiny_model, f'[ledger]\nreplica = "{replica}"\n')
+
+    def litestream_pids() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(server.proc.pid), "litestream"],
+                             capture_output=True, text=True).stdout
+        return [int(x) for x in out.split()]
+
+    first = litestream_pids()
+    assert len(first) == 1
+    os.kill(first[0], 9)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and litestream_pids() in ([], first):
+        time.sleep(0.1)
+    assert litestream_pids() not in ([], first)
+    serve_some_requests(server, 5)
+    assert server.stop() == 0
+    out = tmp_path / "restored.db"
+    assert run_slm("ledger", "restore", "--replica", replica, "--out", str(out)).returncode == 0
+    assert all_rows(out) == all_rows(server.ledger)
+
+
+def test_file_replica_with_a_host_is_refused(tmp_path):
+    from slm.replication import Replica, ReplicationError
+
+    with pytest.raises(ReplicationError, match="names host"):
+        Replica("file://backups/ledger").litestream_entry()

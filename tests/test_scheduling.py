@@ -5,7 +5,6 @@ import threading
 import time
 
 import httpx
-
 from conftest import EOG_BIAS, TINY_ID
 
 USER = [{"role": "user", "content": "hello"}]

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from slm.errors import ConfigError
 from slm.settings import Settings, load_api_keys, load_settings, settings_doc
 

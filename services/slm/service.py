@@ -111,11 +111,10 @@ class Doorman:
 
     def require_ledger(self) -> Ledger:
         """The ledger, or LedgerUnavailable (503) once it could not be written."""
-        if self.ledger.error is not None:
+        if not self.ledger.writable:
+            why = self.ledger.error.message if self.ledger.error else "its writer stopped"
             raise LedgerUnavailable(
-                "the audit ledger cannot be written, so no inference is served: "
-                f"{self.ledger.error.message}"
-            )
+                f"the audit ledger cannot be written, so no inference is served: {why}")
         return self.ledger
 
     def require_engine(self) -> tuple[Engine, Scheduler]:

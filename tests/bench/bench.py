@@ -14,7 +14,8 @@ keeps its OpenMP threads (spinning, with OMP_WAIT_POLICY=active), which would sl
 client and so the server.
 
 Environment: SLM_BENCH_THREADS (default 2), SLM_BENCH_OMP (default|active|passive, default
-`default`: libgomp's spin-then-sleep, the service's default), SLM_BENCH_TOKENS (default 256), SLM_BENCH_REPEAT (default 5).
+`default`: libgomp's spin-then-sleep, the service's default), SLM_BENCH_TOKENS (default
+256), SLM_BENCH_REPEAT (default 5).
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def run_engine(model: Path) -> dict[str, float]:
             prompt,
             SamplingParams(max_tokens=N_GEN, temperature=0,
                            logit_bias=tuple((t, -100.0) for t in eos_ids)),
-            on_text=lambda _t: stamps.append(time.perf_counter()), interrupted=lambda: False,
+            on_text=lambda _t, s=stamps: s.append(time.perf_counter()),
+            interrupted=lambda: False,
         )
         speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
     for _ in range(10):
