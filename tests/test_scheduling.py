@@ -137,3 +137,22 @@ def test_sigterm_lets_streams_run_for_the_grace_period_then_ends_them(
     assert json.loads(events[-1])["error"]["code"] == "shutting_down"
     assert 1 <= took < 10
     assert "Traceback" not in server.log()
+
+
+def test_stream_coalescing_groups_tokens_but_sends_the_first_at_once(start_server, tiny_model):
+    def chunks(server) -> list[str]:
+        body = {"model": TINY_ID, "messages": USER, "max_tokens": 60, "temperature": 0,
+                "logit_bias": EOG_BIAS, "stream": True}
+        with httpx.stream("POST", server.base + "/v1/chat/completions", json=body,
+                          timeout=60) as r:
+            data = [json.loads(x[6:]) for x in r.iter_lines()
+                    if x.startswith("data: {")]
+        return [d["choices"][0]["delta"]["content"] for d in data
+                if d["choices"] and d["choices"][0]["delta"].get("content")]
+
+    each = chunks(start_server(tiny_model, "[server]\nstream_coalesce_ms = 0\n"))
+    grouped = chunks(start_server(tiny_model, "[server]\nstream_coalesce_ms = 5000\n"))
+    assert "".join(grouped) == "".join(each)
+    assert len(each) > 20
+    assert len(grouped) == 2  # the first token alone, then the rest in one window
+    assert grouped[0] == each[0]

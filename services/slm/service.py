@@ -64,7 +64,8 @@ class Doorman:
             raise
         self.engine = engine
         self.scheduler = Scheduler(
-            engine, queue_depth=self.settings.queue_depth, on_finished=self._record
+            engine, queue_depth=self.settings.queue_depth,
+            coalesce_s=self.settings.stream_coalesce_ms / 1000, on_finished=self._record,
         )
         self.metrics.track_queue(
             lambda: self.scheduler.waiting if self.scheduler else 0,

@@ -80,6 +80,10 @@ class Settings:
         "server", 300.0, "Deadline of a request, queueing included (504 after).",
         check=_at_least(0.01),
     )
+    stream_coalesce_ms: float = _setting(
+        "server", 20.0, "Streamed text produced within this window goes out as one chunk "
+        "(0 = a chunk per token); the first token is never delayed.", check=_at_least(0),
+    )
     shutdown_grace_s: float = _setting(
         "server", 10.0, "On SIGTERM, how long in-flight requests may finish before they "
         "are ended with a 503 `shutting_down` error.", check=_at_least(0),

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,17 +96,14 @@ def llama_bench_binary() -> Path:
     return out
 
 
-def run_llama_bench(model: Path) -> dict[str, float]:
-    binary = llama_bench_binary()
+def run_llama_bench(model: Path, *, prompt: int, gen: int, reps: int) -> float:
+    """llama-bench tokens/s for one test (pp or tg)."""
     res = subprocess.run(
-        [str(binary), "-m", str(model), "-t", str(THREADS), "-p", "512", "-n", str(N_GEN),
-         "-r", str(REPEAT), "-o", "json"],
+        [str(llama_bench_binary()), "-m", str(model), "-t", str(THREADS), "-p", str(prompt),
+         "-n", str(gen), "-r", str(reps), "-o", "json"],
         check=True, capture_output=True, text=True,
     )
-    rows = json.loads(res.stdout)
-    pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0)
-    tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0)
-    return {"pp512": pp, "tg": tg}
+    return float(json.loads(res.stdout)[0]["avg_ts"])
 
 
 # -- in-process anchors -----------------------------------------------------------------
@@ -119,7 +117,7 @@ def run_llama_cpp_python(model: Path) -> dict[str, float]:
                 verbose=False)
     eos = llm.token_eos()
     speeds = []
-    for _ in range(REPEAT):
+    for _ in range(1):
         llm.reset()
         stamps = []
         for _chunk in llm.create_completion(PROMPT, max_tokens=N_GEN, temperature=0,
@@ -140,7 +138,7 @@ def run_engine(model: Path) -> dict[str, float]:
     eos_ids = eog_ids(engine)
     prompt = engine.tokenize(PROMPT)
     speeds, one_token = [], []
-    for _ in range(REPEAT):
+    for _ in range(1):
         engine._forget_cache()
         stamps: list[float] = []
         engine.generate(
@@ -151,7 +149,7 @@ def run_engine(model: Path) -> dict[str, float]:
             interrupted=lambda: False,
         )
         speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-    for _ in range(10):
+    for _ in range(5):
         began = time.perf_counter()
         engine.generate(prompt, SamplingParams(max_tokens=1, temperature=0),
                         on_text=lambda _t: None, interrupted=lambda: False)
@@ -183,69 +181,81 @@ def post(port: int, body: dict) -> http.client.HTTPResponse:
     return conn.getresponse()
 
 
-def run_http(model: Path, model_id: str, eos_ids: list[int]) -> dict[str, float]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "slm", "serve", "--model", str(model), "--port", str(port),
-         "--threads", str(THREADS), "--omp-wait-policy", OMP, "--ctx", "2048",
-         "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
+class HttpTarget:
+    """The Doorman as a subprocess on loopback, measured by a light client."""
+
+    def __init__(self, model: Path, model_id: str, eos_ids: list[int]) -> None:
+        self.port = free_port()
+        self.model_id = model_id
+        self.bias = {str(t): -100 for t in eos_ids}
+        self.ledger_dir = Path(tempfile.mkdtemp(prefix="slm-bench-", dir=Path.home()))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "slm", "serve", "--model", str(model),
+             "--port", str(self.port), "--threads", str(THREADS), "--omp-wait-policy", OMP,
+             "--ctx", "2048", "--log-level", "warning",
+             "--ledger-path", str(self.ledger_dir / "ledger.db")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 c.request("GET", "/ready")
                 if c.getresponse().status == 200:
                     break
             except OSError:
                 pass
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("server did not become ready")
             time.sleep(0.1)
-        messages = [{"role": "user", "content": PROMPT}]
-        bias = {str(t): -100 for t in eos_ids}
-        speeds, server_speeds, ttfts = [], [], []
-        for i in range(REPEAT + 1):
-            body = {"model": model_id, "messages": messages, "max_tokens": N_GEN,
-                    "temperature": 0, "logit_bias": bias, "stream": True,
-                    "stream_options": {"include_usage": True},
-                    # a different first word each time: no prompt-cache hit in TTFT
-                    }
-            body["messages"] = [{"role": "user", "content": f"({i}) {PROMPT}"}]
-            sent = time.perf_counter()
-            resp = post(port, body)
-            stamps, usage = [], None
-            for raw in resp:  # a light client: it shares the 2 cores with the server
-                if raw.startswith(b'data: {"id"') and b'"delta":{"content":"' in raw:
-                    stamps.append(time.perf_counter())
-                elif b'"usage"' in raw:
-                    usage = json.loads(raw[6:])
-            if i == 0:
-                continue  # warm-up
-            ttfts.append(stamps[0] - sent)
-            speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-            server_speeds.append(usage["timings"]["predicted_per_second"])
-        one = []
-        for _ in range(10):
-            began = time.perf_counter()
-            resp = post(port, {"model": model_id, "messages": messages, "max_tokens": 1,
-                               "temperature": 0})
-            resp.read()
-            one.append(time.perf_counter() - began)
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        hwm_kb = int(next(x for x in status.splitlines() if x.startswith("VmHWM")).split()[1])
-        return {
-            "tg": statistics.median(speeds),
-            "tg_server": statistics.median(server_speeds),
-            "ttft_s": statistics.median(ttfts),
-            "one_token_s": statistics.median(one),
-            "peak_rss_mb": hwm_kb / 1024,
-        }
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        self.rounds = 0
+
+    def stream_once(self) -> dict[str, float]:
+        """One streamed generation of N_GEN tokens; a new prompt each time (no cache hit)."""
+        self.rounds += 1
+        body = {"model": self.model_id, "max_tokens": N_GEN, "temperature": 0,
+                "logit_bias": self.bias, "stream": True,
+                "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": f"({self.rounds}) {PROMPT}"}]}
+        sent = time.perf_counter()
+        stamps, usage = [], None
+        for raw in post(self.port, body):  # a light client: it shares the 2 cores
+            if raw.startswith(b'data: {"id"') and b'"delta":{"content":"' in raw:
+                stamps.append(time.perf_counter())
+            elif b'"usage"' in raw:
+                usage = json.loads(raw[6:])
+        return {"tg": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+                "tg_server": usage["timings"]["predicted_per_second"],
+                "ttft_s": stamps[0] - sent}
+
+    def finish(self) -> dict[str, float]:
+        """max_tokens=1 latency, ledger wait, peak RSS; then stop the server."""
+        try:
+            one = []
+            messages = [{"role": "user", "content": PROMPT}]
+            for _ in range(10):
+                began = time.perf_counter()
+                post(self.port, {"model": self.model_id, "messages": messages,
+                                 "max_tokens": 1, "temperature": 0}).read()
+                one.append(time.perf_counter() - began)
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            conn.request("GET", "/metrics")
+            metrics = conn.getresponse().read().decode()
+            sums = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                    if line.startswith("slm_ledger_append_seconds_")}
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            hwm_kb = int(next(x for x in status.splitlines()
+                              if x.startswith("VmHWM")).split()[1])
+            return {
+                "one_token_s": statistics.median(one),
+                "ledger_wait_s": sums["slm_ledger_append_seconds_sum"]
+                / max(1.0, sums["slm_ledger_append_seconds_count"]),
+                "peak_rss_mb": hwm_kb / 1024,
+            }
+        finally:
+            self.proc.terminate()
+            self.proc.wait(30)
+            shutil.rmtree(self.ledger_dir, ignore_errors=True)
 
 
 PARTS = {"llama-cpp-python": run_llama_cpp_python, "engine": run_engine}
@@ -267,38 +277,60 @@ def main() -> int:
         return 0
     model_file = open_model_file(None, DEFAULT_MODEL_SHA256)
     model, model_id = model_file.path, model_file.default_id
-    log(f"model {model.name}, threads {THREADS}, OMP_WAIT_POLICY {OMP}, {N_GEN} tokens")
-    anchor = run_llama_bench(model)
-    log(f"llama-bench: {anchor}")
-    lcp = in_own_process("llama-cpp-python", model)
-    log(f"llama-cpp-python: {lcp}")
-    eng = in_own_process("engine", model)
-    log(f"engine: {eng}")
-    eos_ids = in_own_process("eog", model)
-    web = run_http(model, model_id, eos_ids)
-    log(f"http: {web}")
+    log(f"model {model.name}, threads {THREADS}, OMP_WAIT_POLICY {OMP}, {N_GEN} tokens, "
+        f"{REPEAT} interleaved rounds")
+    pp512 = run_llama_bench(model, prompt=512, gen=0, reps=3)
+    web = HttpTarget(model, model_id, in_own_process("eog", model))
+    # Interleaved rounds: drift of the machine's speed hits every path alike; each path's
+    # ratio is taken against the llama-bench run of its own round.
+    names = ("llama-bench", "llama-cpp-python", "engine", "http", "http_server")
+    speeds: dict[str, list[float]] = {n: [] for n in names}
+    ttfts, engine_one = [], []
+    try:
+        for r in range(REPEAT):
+            speeds["llama-bench"].append(run_llama_bench(model, prompt=0, gen=N_GEN, reps=1))
+            speeds["llama-cpp-python"].append(in_own_process("llama-cpp-python", model)["tg"])
+            eng = in_own_process("engine", model)
+            speeds["engine"].append(eng["tg"])
+            engine_one.append(eng["one_token_s"])
+            got = web.stream_once()
+            speeds["http"].append(got["tg"])
+            speeds["http_server"].append(got["tg_server"])
+            ttfts.append(got["ttft_s"])
+            log(f"round {r + 1}: " + ", ".join(f"{n} {speeds[n][-1]:.1f}" for n in names))
+    finally:
+        tail = web.finish()
 
-    tg = anchor["tg"]
-    rows = [
-        ("llama-bench (llama.cpp, anchor)", tg, 1.0),
-        ("llama-cpp-python Llama, in-process", lcp["tg"], lcp["tg"] / tg),
-        ("Doorman engine, in-process", eng["tg"], eng["tg"] / tg),
-        ("Doorman HTTP streaming (client-measured)", web["tg"], web["tg"] / tg),
-        ("Doorman HTTP streaming (server timings)", web["tg_server"], web["tg_server"] / tg),
-    ]
+    def ratio(name: str) -> float:
+        return statistics.median(
+            a / b for a, b in zip(speeds[name], speeds["llama-bench"], strict=True))
+
+    labels = {
+        "llama-bench": "llama-bench (llama.cpp, anchor)",
+        "llama-cpp-python": "llama-cpp-python Llama, in-process",
+        "engine": "Doorman engine, in-process",
+        "http": "Doorman HTTP streaming (client-measured)",
+        "http_server": "Doorman HTTP streaming (server timings)",
+    }
     print(f"\nGeneration, {model.name}, {THREADS} threads, OMP_WAIT_POLICY={OMP}, "
-          f"{N_GEN} tokens, median of {REPEAT}")
-    print(f"{'path':45} {'tokens/s':>9} {'ratio':>7}")
-    for name, speed, ratio in rows:
-        print(f"{name:45} {speed:9.1f} {ratio:7.3f}")
-    print(f"\nllama-bench prompt processing pp512: {anchor['pp512']:.1f} tokens/s")
+          f"{N_GEN} tokens, {REPEAT} interleaved rounds")
+    print(f"{'path':45} {'median tok/s':>12} {'min':>7} {'max':>7} {'ratio':>7}")
+    for name in names:
+        v = speeds[name]
+        print(f"{labels[name]:45} {statistics.median(v):12.1f} {min(v):7.1f} {max(v):7.1f} "
+              f"{ratio(name):7.3f}")
+    print("(ratio: median over rounds of path / llama-bench of the same round)")
+    print(f"\nllama-bench prompt processing pp512: {pp512:.1f} tokens/s")
     print(f"time to first token over HTTP (uncached {len(PROMPT.split())}-word prompt): "
-          f"{web['ttft_s'] * 1000:.1f} ms")
-    overhead = web["one_token_s"] - eng["one_token_s"]
-    print(f"max_tokens=1 request: HTTP {web['one_token_s'] * 1000:.2f} ms, in-process "
-          f"{eng['one_token_s'] * 1000:.2f} ms, HTTP overhead {overhead * 1000:.2f} ms")
-    print(f"peak RSS of the server (VmHWM): {web['peak_rss_mb']:.1f} MiB")
-    print(f"HTTP / llama-bench generation ratio: {web['tg'] / tg:.3f} (target >= 0.95)")
+          f"{statistics.median(ttfts) * 1000:.1f} ms")
+    in_process = statistics.median(engine_one)
+    print(f"max_tokens=1 request: HTTP {tail['one_token_s'] * 1000:.2f} ms, in-process "
+          f"{in_process * 1000:.2f} ms, HTTP overhead "
+          f"{(tail['one_token_s'] - in_process) * 1000:.2f} ms")
+    print(f"peak RSS of the server (VmHWM): {tail['peak_rss_mb']:.1f} MiB")
+    print(f"ledger: mean wait of a request for its durable record (slm_ledger_append_seconds):"
+          f" {tail['ledger_wait_s'] * 1000:.2f} ms")
+    print(f"HTTP / llama-bench generation ratio: {ratio('http'):.3f} (target >= 0.95)")
     return 0
 
 
