@@ -40,6 +40,9 @@ REPEAT = int(os.environ.get("SLM_BENCH_REPEAT", "5"))
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE = Path(os.environ.get("SLM_CACHE", Path.home() / ".cache" / "service-slm"))
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+# Every path generates after the same chat-rendered prompt (llama-bench: at the same depth):
+# on a 135M model attention over the context is a visible share of each token's cost.
+MESSAGES = [{"role": "user", "content": f"(0) {PROMPT}"}]
 
 # Before llama_cpp loads, for every anchor (inherited by llama-bench and the server).
 if OMP == "default":
@@ -96,11 +99,11 @@ def llama_bench_binary() -> Path:
     return out
 
 
-def run_llama_bench(model: Path, *, prompt: int, gen: int, reps: int) -> float:
-    """llama-bench tokens/s for one test (pp or tg)."""
+def run_llama_bench(model: Path, *, prompt: int, gen: int, reps: int, depth: int = 0) -> float:
+    """llama-bench tokens/s for one test (pp or tg), generating after ``depth`` tokens."""
     res = subprocess.run(
         [str(llama_bench_binary()), "-m", str(model), "-t", str(THREADS), "-p", str(prompt),
-         "-n", str(gen), "-r", str(reps), "-o", "json"],
+         "-n", str(gen), "-r", str(reps), "-d", str(depth), "-o", "json"],
         check=True, capture_output=True, text=True,
     )
     return float(json.loads(res.stdout)[0]["avg_ts"])
@@ -120,7 +123,8 @@ def run_llama_cpp_python(model: Path) -> dict[str, float]:
     for _ in range(1):
         llm.reset()
         stamps = []
-        for _chunk in llm.create_completion(PROMPT, max_tokens=N_GEN, temperature=0,
+        rendered = _rendered_prompt(model)
+        for _chunk in llm.create_completion(rendered, max_tokens=N_GEN, temperature=0,
                                             logit_bias={eos: -1e9}, stream=True):
             stamps.append(time.perf_counter())
         speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
@@ -136,7 +140,7 @@ def run_engine(model: Path) -> dict[str, float]:
     engine = Engine(open_model_file(model, None), n_ctx=2048, n_threads=THREADS, n_batch=512)
     engine.warm_up()
     eos_ids = eog_ids(engine)
-    prompt = engine.tokenize(PROMPT)
+    prompt = engine.chat_prompt(MESSAGES)
     speeds, one_token = [], []
     for _ in range(1):
         engine._forget_cache()
@@ -216,7 +220,8 @@ class HttpTarget:
         body = {"model": self.model_id, "max_tokens": N_GEN, "temperature": 0,
                 "logit_bias": self.bias, "stream": True,
                 "stream_options": {"include_usage": True},
-                "messages": [{"role": "user", "content": f"({self.rounds}) {PROMPT}"}]}
+                # "(n)" differs in one token: no prompt-cache hit, same length
+                "messages": [{"role": "user", "content": f"({self.rounds % 10}) {PROMPT}"}]}
         sent = time.perf_counter()
         stamps, usage = [], None
         for raw in post(self.port, body):  # a light client: it shares the 2 cores
@@ -224,7 +229,9 @@ class HttpTarget:
                 stamps.append(time.perf_counter())
             elif b'"usage"' in raw:
                 usage = json.loads(raw[6:])
-        return {"tg": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+        # Chunks may carry several tokens (stream coalescing); the first carries one.
+        tokens = usage["usage"]["completion_tokens"]
+        return {"tg": (tokens - 1) / (stamps[-1] - stamps[0]),
                 "tg_server": usage["timings"]["predicted_per_second"],
                 "ttft_s": stamps[0] - sent}
 
@@ -233,7 +240,7 @@ class HttpTarget:
         try:
             one = []
             messages = [{"role": "user", "content": PROMPT}]
-            for _ in range(10):
+            for _ in range(20):
                 began = time.perf_counter()
                 post(self.port, {"model": self.model_id, "messages": messages,
                                  "max_tokens": 1, "temperature": 0}).read()
@@ -272,6 +279,8 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "part":
         if sys.argv[2] == "eog":
             print(json.dumps(eog_ids_for(Path(sys.argv[3]))))
+        elif sys.argv[2] == "depth":
+            print(json.dumps(prompt_depth(Path(sys.argv[3]))))
         else:
             print(json.dumps(PARTS[sys.argv[2]](Path(sys.argv[3]))))
         return 0
@@ -280,6 +289,7 @@ def main() -> int:
     log(f"model {model.name}, threads {THREADS}, OMP_WAIT_POLICY {OMP}, {N_GEN} tokens, "
         f"{REPEAT} interleaved rounds")
     pp512 = run_llama_bench(model, prompt=512, gen=0, reps=3)
+    depth = in_own_process("depth", model)
     web = HttpTarget(model, model_id, in_own_process("eog", model))
     # Interleaved rounds: drift of the machine's speed hits every path alike; each path's
     # ratio is taken against the llama-bench run of its own round.
@@ -288,7 +298,8 @@ def main() -> int:
     ttfts, engine_one = [], []
     try:
         for r in range(REPEAT):
-            speeds["llama-bench"].append(run_llama_bench(model, prompt=0, gen=N_GEN, reps=1))
+            speeds["llama-bench"].append(
+                run_llama_bench(model, prompt=0, gen=N_GEN, reps=1, depth=depth))
             speeds["llama-cpp-python"].append(in_own_process("llama-cpp-python", model)["tg"])
             eng = in_own_process("engine", model)
             speeds["engine"].append(eng["tg"])
@@ -321,7 +332,9 @@ def main() -> int:
               f"{ratio(name):7.3f}")
     print("(ratio: median over rounds of path / llama-bench of the same round)")
     print(f"\nllama-bench prompt processing pp512: {pp512:.1f} tokens/s")
-    print(f"time to first token over HTTP (uncached {len(PROMPT.split())}-word prompt): "
+    print(f"generation starts after the same {depth}-token chat prompt on every path "
+          f"(llama-bench -d {depth}); llama-bench decodes without sampling")
+    print(f"time to first token over HTTP (uncached {depth}-token prompt): "
           f"{statistics.median(ttfts) * 1000:.1f} ms")
     in_process = statistics.median(engine_one)
     print(f"max_tokens=1 request: HTTP {tail['one_token_s'] * 1000:.2f} ms, in-process "
@@ -332,6 +345,28 @@ def main() -> int:
           f" {tail['ledger_wait_s'] * 1000:.2f} ms")
     print(f"HTTP / llama-bench generation ratio: {ratio('http'):.3f} (target >= 0.95)")
     return 0
+
+
+def _rendered_prompt(model: Path) -> str:
+    from slm.engine import Engine, quiet_llama_logs
+
+    quiet_llama_logs()
+    engine = Engine(open_model_file(model, None), n_ctx=256, n_threads=1, n_batch=64)
+    try:
+        return engine.template.render(MESSAGES)
+    finally:
+        engine.close()
+
+
+def prompt_depth(model: Path) -> int:
+    from slm.engine import Engine, quiet_llama_logs
+
+    quiet_llama_logs()
+    engine = Engine(open_model_file(model, None), n_ctx=256, n_threads=1, n_batch=64)
+    try:
+        return len(engine.chat_prompt(MESSAGES))
+    finally:
+        engine.close()
 
 
 def eog_ids_for(model: Path) -> list[int]:
