@@ -284,11 +284,11 @@ class DoormanAPI:
             "object": "model",
             "created": int(self.d.model_file.path.stat().st_mtime),
             "owned_by": "service-slm",
-            "context_length": info.n_ctx if info else self.d.settings.ctx,
+            "context_length": info.n_ctx if info else self.d.n_ctx,
             "sha256": self.d.model_file.sha256,
             "meta": {
                 "size": self.d.model_file.size,
-                "n_ctx": info.n_ctx if info else self.d.settings.ctx,
+                "n_ctx": info.n_ctx if info else self.d.n_ctx,
                 "n_ctx_train": info.n_ctx_train if info else None,
                 "n_params": info.n_params if info else None,
                 "n_embd": info.n_embd if info else None,
@@ -390,6 +390,7 @@ class DoormanAPI:
         params: SamplingParams, *, chat: bool,
     ) -> Response:
         _, scheduler = self.d.require_engine()
+        self.d.check_memory()
         job = self.d.new_job(request.state.request_id)
         job.prompt, job.params = prompt, params
         scheduler.submit(job)
@@ -528,6 +529,7 @@ class DoormanAPI:
                     f"input[{i}] has {len(tokens)} tokens; the maximum is {engine.n_ctx}",
                     param="input",
                 )
+        self.d.check_memory()
         job = self.d.new_job(request.state.request_id)
         job.embed_inputs = inputs
         scheduler.submit(job)
