@@ -34,3 +34,7 @@ licenses: setup
     build/ship-env.sh
     {{bin}}/slm-gate licenses --python build/out/ship-venv/bin/python \
         --json build/out/licenses.json --sbom build/out/sbom.cdx.json
+
+# the memory-budget gate: the service under full-context load vs policy/budget.toml and the planner
+budget *ARGS: setup
+    {{bin}}/slm-gate budget --json build/out/budget.json {{ARGS}}

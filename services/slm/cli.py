@@ -152,7 +152,10 @@ def _plan(args: argparse.Namespace) -> int:
                          ("runtime", p.baseline), ("total", p.total)):
         print(f"  {label:10} {mib(value):>14}")
     if fits is not None:
-        print(f"largest context within {args.budget:g} MB: {fits}")
+        beyond = largest_context(path, args.budget, cap_to_trained=False, **common)
+        print(f"largest context within {args.budget:g} MB: {fits}"
+              + (f" (the trained maximum; memory alone would allow {beyond})"
+                 if beyond > fits else ""))
     return 0
 
 

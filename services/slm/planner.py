@@ -157,10 +157,13 @@ def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
 
 def largest_context(path: Path, budget_mib: float, *, kv_type: str = "f16",
                     n_ubatch: int = 512, baseline_mib: float = 0.0,
-                    step: int = 256) -> int:
-    """The largest context (a multiple of ``step``, at most the trained one) that fits."""
+                    step: int = 256, cap_to_trained: bool = True) -> int:
+    """The largest context (a multiple of ``step``; at most the trained one unless
+    ``cap_to_trained`` is False) whose planned footprint fits ``budget_mib``."""
     info = read_gguf(path)
     trained = int(info.arch("context_length", 0)) or 1 << 20
+    if not cap_to_trained:
+        trained = 1 << 22
     best, low, high = 0, 1, trained // step
     while low <= high:
         mid = (low + high) // 2
