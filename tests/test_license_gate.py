@@ -116,6 +116,10 @@ def test_clean_set_passes_with_report_and_sbom(env, tmp_path):
     assert data["ok"] and {c["name"] for c in data["components"]} >= {"clean-mit", "dual"}
     bom = json.loads(sbom.read_text())
     assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(sbom.read_text()) is None
     purls = {c.get("purl") for c in bom["components"]}
     assert "pkg:pypi/clean-mit@1.0" in purls
     apache = next(c for c in bom["components"] if c["name"] == "clean-apache")
