@@ -2,7 +2,7 @@
 # Build the environment that ships: the service's dependency closure as built (runtime
 # dependencies only, no test or gate tools) plus the default model, in build/out/ship-venv.
 # The license gate judges exactly this set; the binary (Nuitka) is compiled from it.
-# Needs build/bootstrap.sh first (for the portable llama-cpp-python wheel).
+# Needs build/bootstrap.sh first (its .venv's pip, and the portable llama-cpp-python wheel).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,8 +17,9 @@ if [ -f "$SHIP/.stamp" ] && [ "$(cat "$SHIP/.stamp")" = "$want" ]; then
   exit 0
 fi
 rm -rf "$SHIP"
-"$PYTHON" -m venv "$SHIP"
-PIP=("$SHIP/bin/python" -m pip --disable-pip-version-check -q)
+# No pip or setuptools inside: they do not ship. The project's pip installs into it.
+"$PYTHON" -m venv --without-pip "$SHIP"
+PIP=("$ROOT/.venv/bin/python" -m pip --disable-pip-version-check -q --python "$SHIP/bin/python")
 wheel="$(ls "$CACHE"/wheels/portable/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*"$(uname -m)".whl | head -1)"
 "${PIP[@]}" install "$wheel"
 "${PIP[@]}" install "$ROOT"

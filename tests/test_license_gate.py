@@ -22,7 +22,6 @@ POLICY = """
 "MIT" = "permissive"
 "Apache-2.0" = "permissive"
 "BSD-3-Clause" = "permissive"
-"GPL-3.0-or-later WITH GCC-exception-3.1" = "runtime library exception"
 
 [classifiers]
 "MIT License" = "MIT"
@@ -185,6 +184,9 @@ def test_bundled_native_libraries_are_judged_from_the_license_file(env):
     text = ("MIT License\n\n----\n\nName: GCC runtime library\nFiles: natty.libs/libgfortran*.so\n"
             "License: GPL-3.0-or-later WITH GCC-exception-3.1\n\n"
             "Name: libquadmath\nFiles: natty.libs/libquadmath*.so\nLicense: LGPL-2.1-or-later\n")
+    env.policy.write_text(POLICY + '\n[[exception]]\npackage = "natty"\nversion = "1.0"\n'
+                          'licenses = ["GPL-3.0-or-later WITH GCC-exception-3.1"]\n'
+                          'reason = "GCC runtime library exception"\n')
     env.install("natty", expression="MIT", license_text=text, libs={
         "libgfortran-abc.so.5.0.0": b"\x7fELF", "libquadmath-def.so.0.0.0": b"\x7fELF",
         "libmystery-123.so": b"\x7fELF"})
@@ -211,6 +213,8 @@ def test_models_are_judged_by_their_gguf_license(env, tmp_path):
     ("policy", "message"),
     [
         ('[allow]\n"GPL-3.0-only" = "please"\n', "cannot be allowed globally"),
+        ('[allow]\n"AGPL-3.0-only WITH Classpath-exception-2.0" = "x"\n', "cannot be allowed"),
+        ("exception = 5\n", "malformed entry"),
         ('[allow]\n"NotALicense-9" = "x"\n', "Unknown license key"),
         ('[allow]\n"MIT" = ""\n', "needs a reason"),
         ("[allow\n", "cannot read the policy"),

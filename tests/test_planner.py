@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_ID, free_port, run_slm
 from slm.gguf_meta import read_gguf
 from slm.model_file import default_model_path
-from slm.planner import MIB, kv_cache_bytes, largest_context, plan
+from slm.planner import MB, MIB, kv_cache_bytes, largest_context, plan
 from slm.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +76,20 @@ def test_sliding_window_layers_hold_a_window_not_the_context(tmp_path):
     assert p.kv_cache == 10 * per_cell * 1024 + 2 * per_cell * 32768
 
 
+def test_unknown_sliding_window_patterns_are_planned_as_full_caches(tmp_path):
+    keys = {**BASE, "attention.head_count_kv": 8, "attention.sliding_window": 512}
+    path = synthetic(tmp_path / "p.gguf", "phi3", keys)  # llama.cpp ignores SWA for phi3
+    assert plan(path, n_ctx=8192).kv_cache == 4 * (64 + 64) * 8 * 8192 * 2
+
+
+def test_context_is_padded_like_llama_cpp(tmp_path):
+    path = synthetic(tmp_path / "m.gguf", "llama", {**BASE, "attention.head_count_kv": 8})
+    assert plan(path, n_ctx=300).kv_cache == plan(path, n_ctx=512).kv_cache
+
+
 def test_mla_keeps_one_latent_row_and_no_v(tmp_path):
-    keys = {**BASE, "attention.kv_lora_rank": 512, "rope.dimension_count": 64}
+    keys = {**BASE, "attention.kv_lora_rank": 512, "rope.dimension_count": 64,
+            "attention.key_length_mla": 192, "attention.value_length_mla": 128}
     path = synthetic(tmp_path / "d.gguf", "deepseek2", keys)
     p = plan(path, n_ctx=4096)
     assert p.attention == "mla" and p.kv_cache == (512 + 64) * 4 * 4096 * 2
@@ -103,8 +115,8 @@ def test_largest_context_fits_and_the_next_step_does_not(tmp_path):
                      {**BASE, "attention.head_count_kv": 8, "context_length": 1 << 20})
     budget = 300.0
     n = largest_context(path, budget, baseline_mib=50)
-    assert plan(path, n_ctx=n, baseline_mib=50).total <= budget * MIB
-    assert plan(path, n_ctx=n + 256, baseline_mib=50).total > budget * MIB
+    assert plan(path, n_ctx=n, baseline_mib=50).total <= budget * MB
+    assert plan(path, n_ctx=n + 256, baseline_mib=50).total > budget * MB
 
 
 def llama_cpp_kv_mib(model: Path, n_ctx: int, kv_type_id: int = 1) -> float:
@@ -184,4 +196,4 @@ def test_over_budget_at_run_time_refuses_new_work_with_503(start_server, tiny_mo
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "memory_budget_exceeded"
     text = httpx.get(server.base + "/metrics").text
-    assert "slm_memory_rss_bytes" in text and "slm_memory_budget_bytes 1.048576e+07" in text
+    assert "slm_memory_rss_bytes" in text and "slm_memory_budget_bytes 1e+07" in text

@@ -16,6 +16,7 @@ from slm_policy.inventory import (
     native_libraries,
     python_packages,
     shipped_models,
+    unlisted_distributions,
 )
 from slm_policy.licenses import Report, evaluate
 from slm_policy.policy_file import PolicyError, load_policy
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     bud.add_argument("--kv-type", choices=["f16", "q8_0", "q4_0"], default="f16")
     bud.add_argument("--policy", type=Path, default=None)
     bud.add_argument("--json", type=Path, help="write the measurements here")
+    bud.add_argument("--calibrate", action="store_true",
+                     help="measure the runtime baseline for budget.toml and stop")
     args = parser.parse_args(argv)
     if args.gate == "budget":
         return _budget(args)
@@ -73,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         packages = python_packages(args.python)
         libs = native_libraries(args.python, packages)
         models = shipped_models(args.python, args.model)
+        unlisted = unlisted_distributions(args.python, packages)
     except (PolicyError, InventoryError) as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
         return 2
-    report = evaluate(policy, packages, libs, models)
+    report = evaluate(policy, packages, libs, models, unlisted)
     print(_table(report))
     for warning in report.warnings:
         print(f"license-gate: warning: {warning}", file=sys.stderr)
@@ -101,11 +105,23 @@ def _budget(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
         return 2
-    contexts = args.ctx or [2048, 4096, 8192]
-    if args.configured_ctx not in contexts:
-        contexts.append(args.configured_ctx)
-    ok, rows = run_gate(args.model, sorted(contexts), budget, configured_ctx=args.configured_ctx,
-                        kv_type=args.kv_type)
+    try:
+        if args.calibrate:
+            from slm_policy.budget import calibrate
+
+            print(f"runtime_baseline_mb = {calibrate(args.model):.0f}")
+            return 0
+        contexts = args.ctx or [2048, 4096, 8192]
+        if args.configured_ctx not in contexts:
+            contexts.append(args.configured_ctx)
+        ok, rows = run_gate(args.model, sorted(contexts), budget,
+                            configured_ctx=args.configured_ctx, kv_type=args.kv_type)
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"slm-gate: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. ModelError: one line, exit 2
+        print(f"slm-gate: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
     mib = 1024 * 1024
     print(f"memory budget {budget.budget_mb:g} MB at context {args.configured_ctx}; "
           f"runtime baseline {budget.runtime_baseline_mb:g} MB; tolerance "
@@ -118,13 +134,15 @@ def _budget(args: argparse.Namespace) -> int:
                    "PREDICTION OFF" if r["bad_prediction"] else "ok")
         print(f"{r['ctx']:>6} {r['predicted'] / mib:10.1f} {r['measured'] / mib:10.1f} "
               f"{r['error']:+7.1%} {r['pss'] / mib:8.1f} {cg}  {verdict}")
-    print("(MiB; measured = peak RSS, VmHWM, of the service's process tree under a load "
-          "that fills the context)")
+    print("(MiB; measured = peak RSS, VmHWM, summed over the service's process tree under a "
+          "load that fills the context; cgroup = the peak of the memory cgroup it ran in; the "
+          "budget is in MB, 10^6 bytes, and judged against the larger of the two)")
     if args.json:
         _write(args.json, {"ok": ok, "budget_mb": budget.budget_mb, "rows": rows})
     for r in rows:
         if r["over_budget"]:
-            print(f"budget-gate: FAIL context {r['ctx']}: peak {r['measured'] / mib:.1f} MiB "
+            peak = max(r["measured"], r["cgroup_peak"] or 0)
+            print(f"budget-gate: FAIL context {r['ctx']}: peak {peak / 1e6:.1f} MB "
                   f"over {budget.budget_mb:g} MB", file=sys.stderr)
         if r["bad_prediction"]:
             print(f"budget-gate: FAIL context {r['ctx']}: predicted "

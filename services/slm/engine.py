@@ -163,6 +163,9 @@ class Engine:
         cparams.n_threads_batch = n_threads
         cparams.embeddings = embeddings
         cparams.no_perf = True
+        # Sliding-window layers keep only their window (llama.cpp defaults to full-size
+        # caches for them); the planner counts the same.
+        cparams.swa_full = False
         if self._kv_type != "f16":  # a quantised V cache needs flash attention
             cparams.type_k = cparams.type_v = GGML_KV_TYPE_IDS[self._kv_type]
             cparams.flash_attn_type = 1

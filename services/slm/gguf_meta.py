@@ -110,7 +110,9 @@ def read_gguf(path: Path) -> GGUFInfo:
                 kind = r.unpack("<I")
                 r.unpack("<Q")  # offset within the data section
                 tensors[name] = (dims, kind)
-            alignment = int(metadata.get("general.alignment", 32))
+            alignment = metadata.get("general.alignment", 32)
+            if not isinstance(alignment, int) or alignment <= 0:
+                raise ModelError(f"corrupt GGUF header: general.alignment = {alignment!r}")
             data_offset = -(-fh.tell() // alignment) * alignment
             size = path.stat().st_size
     except OSError as exc:

@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from slm.errors import ModelError
 from slm.gguf_meta import GGUFInfo, read_gguf
 
 MIB = 1024 * 1024
+MB = 1000 * 1000  # budgets are in MB (the appliance's "550 MB"); breakdowns print MiB
 KV_TYPES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # bytes per element
 GGML_KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
 RECURRENT = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
@@ -31,7 +33,9 @@ MLA = {"deepseek2", "kimi-k2", "glm4moe-mla"}
 # llama.cpp's in-memory vocabulary (token strings, lookup maps, BPE merge ranks), measured:
 # SmolLM2 (49,152 tokens + 48,900 merges) adds ~15 MiB over a 352-token model.
 TOKENIZER_BYTES_PER_ENTRY = 160
-SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "llama4": 4}
+# Architectures not listed here are planned without SWA (full caches: never an undercount).
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "llama4": 4,
+                "gpt-oss": 2}
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,10 @@ class Plan:
 
 def _per_layer(value: object, n_layer: int) -> list[int]:
     if isinstance(value, list):
-        return [int(v) for v in value][:n_layer]
+        values = [int(v) for v in value][:n_layer]
+        if len(values) < n_layer:  # short arrays: repeat the last value (never undercount)
+            values += [max(values or [0])] * (n_layer - len(values))
+        return values
     return [int(value or 0)] * n_layer
 
 
@@ -74,9 +81,11 @@ def _swa_layers(info: GGUFInfo, n_layer: int) -> list[bool]:
     pattern = info.arch("attention.sliding_window_pattern")
     if isinstance(pattern, list):  # per-layer booleans in newer conversions
         return [bool(x) for x in pattern][:n_layer]
-    n = int(pattern) if pattern else SWA_PATTERNS.get(info.architecture, 1)
-    if n <= 1:
-        return [True] * n_layer  # every layer windowed (e.g. mistral-style SWA)
+    n = int(pattern) if pattern else SWA_PATTERNS.get(info.architecture, 0)
+    if n == 0:
+        return [False] * n_layer  # unknown pattern: plan full caches (e.g. phi3 ignores SWA)
+    if n == 1:
+        return [True] * n_layer
     return [(i + 1) % n != 0 for i in range(n_layer)]
 
 
@@ -87,8 +96,11 @@ def _pad(value: int, to: int = 256) -> int:
 def kv_cache_bytes(info: GGUFInfo, n_ctx: int, kv_type: str, n_ubatch: int,
                    n_seq: int = 1) -> tuple[int, str]:
     """The KV cache (or recurrent state) size, and the attention kind it was computed for."""
-    n_layer = int(info.arch("block_count", 0))
-    n_embd = int(info.arch("embedding_length", 0))
+    n_layer = int(info.arch("block_count", 0) or 0)
+    n_embd = int(info.arch("embedding_length", 0) or 0)
+    if n_layer <= 0 or n_embd <= 0:
+        raise ModelError(f"{info.path}: GGUF metadata lacks {info.architecture}.block_count "
+                         "or .embedding_length; cannot plan its memory")
     per_elem = KV_TYPES[kv_type]
     arch = info.architecture
     if arch in RECURRENT:
@@ -101,7 +113,7 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int, kv_type: str, n_ubatch: int,
             head = int(info.arch("wkv.head_size", 64))
             per_layer = 2 * n_embd + n_embd * head
         return int(per_layer * n_layer * n_seq * 4), "recurrent"
-    if arch in MLA or info.arch("attention.kv_lora_rank"):
+    if arch in MLA and info.arch("attention.key_length_mla") is not None:
         rank = int(info.arch("attention.kv_lora_rank", 512))
         rope = int(info.arch("rope.dimension_count", 64))
         return int((rank + rope) * n_layer * n_ctx * per_elem), "mla"
@@ -133,6 +145,9 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int, kv_type: str, n_ubatch: int,
 def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
          baseline_mib: float = 0.0, info: GGUFInfo | None = None) -> Plan:
     """Predict the footprint of serving ``path`` at ``n_ctx``."""
+    if n_ctx < 1:
+        raise ValueError("the context must be at least 1 token")
+    n_ctx = _pad(n_ctx)  # llama.cpp rounds the context up to a multiple of 256
     info = info or read_gguf(path)
     n_embd = int(info.arch("embedding_length", 0))
     n_ff = info.arch("feed_forward_length", 4 * n_embd)
@@ -155,11 +170,11 @@ def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
     )
 
 
-def largest_context(path: Path, budget_mib: float, *, kv_type: str = "f16",
+def largest_context(path: Path, budget_mb: float, *, kv_type: str = "f16",
                     n_ubatch: int = 512, baseline_mib: float = 0.0,
                     step: int = 256, cap_to_trained: bool = True) -> int:
     """The largest context (a multiple of ``step``; at most the trained one unless
-    ``cap_to_trained`` is False) whose planned footprint fits ``budget_mib``."""
+    ``cap_to_trained`` is False) whose planned footprint fits ``budget_mb``."""
     info = read_gguf(path)
     trained = int(info.arch("context_length", 0)) or 1 << 20
     if not cap_to_trained:
@@ -169,7 +184,7 @@ def largest_context(path: Path, budget_mib: float, *, kv_type: str = "f16",
         mid = (low + high) // 2
         p = plan(path, n_ctx=mid * step, kv_type=kv_type, n_ubatch=n_ubatch,
                  baseline_mib=baseline_mib, info=info)
-        if p.total <= budget_mib * MIB:
+        if p.total <= budget_mb * MB:
             best, low = mid * step, mid + 1
         else:
             high = mid - 1

@@ -62,7 +62,7 @@ def _set_omp_wait_policy(policy: str) -> None:
 def plan_context(settings: Settings, model: Path) -> int:
     """The context to serve: the configured one if its planned footprint fits the memory
     budget (ConfigError naming the largest that fits if not), or that largest for "auto"."""
-    from slm.planner import largest_context, mib, plan
+    from slm.planner import MB, largest_context, mib, plan
 
     budget = settings.memory_budget_mb
     common = {"kv_type": settings.kv_type, "n_ubatch": settings.batch,
@@ -79,7 +79,7 @@ def plan_context(settings: Settings, model: Path) -> int:
         return fits
     assert isinstance(settings.ctx, int)
     predicted = plan(model, n_ctx=settings.ctx, **common)
-    if predicted.total > budget * 2**20:
+    if predicted.total > budget * MB:
         raise ConfigError(
             f"model.ctx = {settings.ctx} needs about {mib(predicted.total)} (weights "
             f"{mib(predicted.weights)}, KV cache {mib(predicted.kv_cache)}, compute "

@@ -47,7 +47,7 @@ class Doorman:
     ) -> None:
         self.settings = settings
         self.n_ctx = n_ctx or (settings.ctx if isinstance(settings.ctx, int) else 4096)
-        self.memory_budget = int(settings.memory_budget_mb * 1024 * 1024)
+        self.memory_budget = int(settings.memory_budget_mb * 1_000_000)
         self.model_file = model_file
         self.model_id = settings.model_id or model_file.default_id
         # (key bytes, key id): the id names a key in the ledger without revealing it
@@ -142,8 +142,8 @@ class Doorman:
         rss = resident_bytes()
         if rss > self.memory_budget:
             raise MemoryBudgetExceeded(
-                f"the service uses {rss // (1024 * 1024)} MiB, over its budget of "
-                f"{self.memory_budget // (1024 * 1024)} MiB; retry later")
+                f"the service uses {rss / 1e6:.0f} MB, over its budget of "
+                f"{self.memory_budget / 1e6:.0f} MB; retry later")
 
     def require_engine(self) -> tuple[Engine, Scheduler]:
         """The engine and scheduler, or NotReady (503) while loading."""

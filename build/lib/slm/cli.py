@@ -58,6 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--config", type=Path, default=None, help="TOML config file")
     add_flags(restore, only_section="ledger")
 
+    plan = sub.add_parser("plan", help="predict the memory footprint of a model")
+    plan.add_argument("--model", type=Path, default=None,
+                      help="GGUF file (default: the embedded default model)")
+    plan.add_argument("--ctx", type=int, default=None, help="context size (default: trained)")
+    plan.add_argument("--kv-type", choices=["f16", "q8_0", "q4_0"], default="f16")
+    plan.add_argument("--batch", type=int, default=512, help="micro-batch size (n_ubatch)")
+    plan.add_argument("--baseline-mb", type=float, default=None,
+                      help="runtime footprint without a model (default: memory.baseline_mb)")
+    plan.add_argument("--budget", type=float, metavar="MB",
+                      help="also answer the largest context that fits this budget")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
     config.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -115,6 +127,38 @@ def _ledger(args: argparse.Namespace) -> int:
     return 0 if verdict.ok else 1
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from slm.gguf_meta import read_gguf
+    from slm.model_file import default_model_path
+    from slm.planner import largest_context, mib, plan
+
+    path = args.model or default_model_path()
+    info = read_gguf(path)
+    ctx = args.ctx or int(info.arch("context_length", 4096))
+    baseline = args.baseline_mb if args.baseline_mb is not None else Settings().memory_baseline_mb
+    common = {"kv_type": args.kv_type, "n_ubatch": args.batch, "baseline_mib": baseline}
+    p = plan(path, n_ctx=ctx, info=info, **common)
+    fits = largest_context(path, args.budget, **common) if args.budget else None
+    if args.json:
+        print(json.dumps({**p.as_dict(), "model": str(path),
+                          "architecture": info.architecture, "budget_mb": args.budget,
+                          "largest_context": fits}, indent=2))
+        return 0
+    print(f"{path.name} ({info.architecture}, {p.attention} attention), context {ctx}, "
+          f"KV {args.kv_type}")
+    for label, value in (("weights", p.weights), ("KV cache", p.kv_cache),
+                         ("compute", p.compute), ("output", p.output),
+                         ("tokenizer", p.tokenizer),
+                         ("runtime", p.baseline), ("total", p.total)):
+        print(f"  {label:10} {mib(value):>14}")
+    if fits is not None:
+        beyond = largest_context(path, args.budget, cap_to_trained=False, **common)
+        print(f"largest context within {args.budget:g} MB: {fits}"
+              + (f" (the trained maximum; memory alone would allow {beyond})"
+                 if beyond > fits else ""))
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     if args.action == "doc":
         print(settings_doc())
@@ -132,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "ledger":
             return _ledger(args)
+        if args.command == "plan":
+            return _plan(args)
         return _config(args)
     except ConfigError as exc:
         print(f"slm: config error: {exc.one_line()}", file=sys.stderr)

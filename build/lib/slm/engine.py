@@ -26,6 +26,7 @@ import llama_cpp as C
 from slm.chat_template import ChatTemplate
 from slm.errors import EngineError, InvalidRequest, ModelError, Unsupported
 from slm.model_file import ModelFile
+from slm.planner import GGML_KV_TYPE_IDS
 from slm.stops import StopMatcher
 
 FINISH_STOP = "stop"
@@ -106,7 +107,8 @@ class Engine:
     """One loaded model and its llama.cpp context(s)."""
 
     def __init__(
-        self, model_file: ModelFile, *, n_ctx: int, n_threads: int, n_batch: int
+        self, model_file: ModelFile, *, n_ctx: int, n_threads: int, n_batch: int,
+        kv_type: str = "f16",
     ) -> None:
         C.llama_backend_init()
         mparams = C.llama_model_default_params()
@@ -117,6 +119,7 @@ class Engine:
         self._vocab = C.llama_model_get_vocab(model)
         self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
         self.n_batch = max(1, min(n_batch, n_ctx))
+        self._kv_type = kv_type
         self._ctx = self._new_context(n_ctx, n_threads, embeddings=False)
         self.n_ctx = C.llama_n_ctx(self._ctx)
         self._mem = C.llama_get_memory(self._ctx)
@@ -160,6 +163,12 @@ class Engine:
         cparams.n_threads_batch = n_threads
         cparams.embeddings = embeddings
         cparams.no_perf = True
+        # Sliding-window layers keep only their window (llama.cpp defaults to full-size
+        # caches for them); the planner counts the same.
+        cparams.swa_full = False
+        if self._kv_type != "f16":  # a quantised V cache needs flash attention
+            cparams.type_k = cparams.type_v = GGML_KV_TYPE_IDS[self._kv_type]
+            cparams.flash_attn_type = 1
         ctx = C.llama_init_from_model(self._model, cparams)
         if not ctx:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens")

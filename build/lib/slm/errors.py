@@ -121,6 +121,14 @@ class LedgerUnavailable(RequestError):
     code = "ledger_unavailable"
 
 
+class MemoryBudgetExceeded(RequestError):
+    """The process is at its memory budget: no new work until it is not (503)."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "memory_budget_exceeded"
+
+
 class ShuttingDown(RequestError):
     """The server is stopping and its grace period for in-flight requests ran out (503)."""
 

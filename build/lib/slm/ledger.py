@@ -27,6 +27,9 @@ from typing import Any
 from slm.errors import SlmError
 
 log = logging.getLogger("slm.ledger")
+# The chain head must reach the log whatever the log level: its own logger, pinned to INFO.
+head_log = logging.getLogger("slm.ledger.head")
+head_log.setLevel(logging.INFO)
 
 SCHEMA_VERSION = "1"
 GENESIS_HASH = "0" * 64
@@ -75,6 +78,12 @@ class LedgerError(SlmError):
     """The ledger cannot be opened, read or written."""
 
 
+def _is_busy(exc: BaseException) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the file, a transient state."""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc).lower() for word in ("locked", "busy"))
+
+
 def utc_now() -> str:
     """The record timestamp format: RFC 3339 UTC with milliseconds."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -93,9 +102,9 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 def connect(path: Path, *, readonly: bool, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
     """A connection with the ledger's pragmas; read-only ones never create or write."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000,
-                               check_same_thread=False)
+    if readonly:  # as_uri() escapes %, # and ? in the path; mode=ro never creates a file
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True,
+                               timeout=busy_timeout_ms / 1000, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None,
                                check_same_thread=False)
@@ -112,8 +121,10 @@ class Ledger:
         *,
         head_log_interval_s: float = 60.0,
         app_checkpoints: bool = True,
+        busy_timeout_ms: int = 5000,
     ) -> None:
         self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
         self._head_log_interval_s = head_log_interval_s
         self._pending: list[tuple[dict[str, Any], Future[int]]] = []
         self._cond = threading.Condition()
@@ -132,7 +143,7 @@ class Ledger:
     def _open(self, app_checkpoints: bool) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = connect(self.path, readonly=False)
+            conn = connect(self.path, readonly=False, busy_timeout_ms=self._busy_timeout_ms)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise LedgerError(f"ledger {self.path}: cannot use WAL mode (got {mode})")
@@ -210,32 +221,48 @@ class Ledger:
                 future.set_exception(self.error)
             return
         count, head = self.count, self.head
-        rows = []
-        for record, _ in batch:
-            count += 1
-            record["id"], record["prev_hash"] = count, head
-            head = record_hash(record)
-            rows.append((*(record[name] for name in FIELDS), head))
-        marks = ", ".join("?" * (len(FIELDS) + 1))
         try:
+            rows = []
+            for record, _ in batch:
+                count += 1
+                record["id"], record["prev_hash"] = count, head
+                head = record_hash(record)
+                rows.append((*(record[name] for name in FIELDS), head))
+            marks = ", ".join("?" * (len(FIELDS) + 1))
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(f"INSERT INTO records VALUES ({marks})", rows)
             self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self.error = LedgerError(f"the audit ledger cannot be written: {exc}")
-            log.error("ledger write failed; refusing inference until restart",
-                      extra={"path": str(self.path), "error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the writer thread must never die
+            self._rollback()
+            if _is_busy(exc):
+                # Another process held the file longer than busy_timeout: these requests
+                # fail (503), the ledger stays usable for the next ones.
+                failure = LedgerError(f"the audit ledger is locked by another process: {exc}")
+                log.warning("ledger busy; the batch was not written",
+                            extra={"path": str(self.path), "records": len(batch)})
+            else:
+                failure = self.error = LedgerError(f"the audit ledger cannot be written: {exc}")
+                log.error("ledger write failed; refusing inference until restart",
+                          extra={"path": str(self.path), "error": str(exc)})
             for _, future in batch:
-                future.set_exception(self.error)
+                future.set_exception(failure)
             return
         self.count, self.head = count, head
         for record, future in batch:
             future.set_result(record["id"])
         self._log_head()
+
+    def _rollback(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    @property
+    def writable(self) -> bool:
+        """No permanent write error, and the writer thread is alive."""
+        return self.error is None and self._thread.is_alive()
 
     def _log_head(self, *, force: bool = False) -> None:
         """Write the chain head to the service log (periodically, and when closing)."""
@@ -246,8 +273,8 @@ class Ledger:
             return
         self._last_head_log = now
         self._logged = (self.count, self.head)
-        log.info("ledger head", extra={"ledger_count": self.count, "ledger_head": self.head,
-                                       "path": str(self.path)})
+        head_log.info("ledger head", extra={"ledger_count": self.count,
+                                            "ledger_head": self.head, "path": str(self.path)})
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, log the head, close the file."""

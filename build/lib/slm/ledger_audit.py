@@ -37,8 +37,11 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
         raise LedgerError(f"ledger not found: {path}")
     if not path.is_file():
         raise LedgerError(f"ledger is not a file: {path}")
-    with path.open("rb") as fh:
-        magic = fh.read(16)
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(16)
+    except OSError as exc:
+        raise LedgerError(f"cannot read ledger {path}: {exc.strerror}") from None
     if magic != b"SQLite format 3\x00":
         raise LedgerError(f"not an SQLite database: {path}")
     try:
@@ -78,6 +81,9 @@ def verify(path: Path, expect: tuple[int, str] | None = None) -> Verdict:
         count, prev = 0, GENESIS_HASH
         for record in _rows(conn, path):
             count += 1
+            if not isinstance(record["id"], int) or isinstance(record["id"], bool):
+                return Verdict(False, count - 1, prev, count,
+                               f"record {count} has a non-integer id {record['id']!r} (inserted)")
             if record["id"] != count:
                 if record["id"] > count:
                     reason = f"record {count} is missing (deleted)"
@@ -88,7 +94,11 @@ def verify(path: Path, expect: tuple[int, str] | None = None) -> Verdict:
                 return Verdict(False, count - 1, prev, count,
                                f"record {count} does not link to record {count - 1} "
                                "(inserted, deleted or reordered)")
-            if record_hash(record) != record["hash"]:
+            try:
+                intact = record_hash(record) == record["hash"]
+            except (TypeError, ValueError):
+                intact = False
+            if not intact:
                 return Verdict(False, count - 1, prev, count,
                                f"record {count} does not match its hash (edited or swapped)")
             if expect and count == expect[0] and record["hash"] != expect[1]:
@@ -103,6 +113,13 @@ def verify(path: Path, expect: tuple[int, str] | None = None) -> Verdict:
                        f"the service logged {expect[0]} records, the ledger has {count} "
                        "(records were removed from its end)")
     return Verdict(True, count, prev)
+
+
+def _csv_safe(value: Any) -> Any:
+    """Neutralise spreadsheet formulas (OWASP CSV injection): prefix ``= + - @`` text."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def parse_since(text: str) -> str:
@@ -126,11 +143,14 @@ def export(path: Path, fmt: str, since: str | None = None, out: TextIO = sys.std
             writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
             writer.writeheader()
             for record in _rows(conn, path, where, args):
-                writer.writerow(record)
+                writer.writerow({k: _csv_safe(v) for k, v in record.items()})
                 n += 1
         elif fmt == "jsonl":
             for record in _rows(conn, path, where, args):
-                record["entities"] = json.loads(record["entities"])
+                try:
+                    record["entities"] = json.loads(record["entities"])
+                except (TypeError, ValueError):
+                    pass  # a tampered value: exported as stored, `verify` reports it
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
         else:

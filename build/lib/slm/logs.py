@@ -11,7 +11,9 @@ import sys
 import time
 
 # Attributes every LogRecord has; anything else passed through ``extra=`` is a field.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message", "asctime", "taskName", "color_message",
+}
 
 
 class JsonFormatter(logging.Formatter):

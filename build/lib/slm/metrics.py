@@ -62,6 +62,16 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r,
         )
         self.ready = Gauge("slm_ready", "1 once the model is loaded and warm", registry=r)
+        self.memory_rss = Gauge("slm_memory_rss_bytes", "Resident memory of the service now",
+                                registry=r)
+        self.memory_budget = Gauge("slm_memory_budget_bytes",
+                                   "The memory budget (memory.budget_mb)", registry=r)
+        self.ledger_wait = Histogram(
+            "slm_ledger_append_seconds",
+            "Time an answer waited for its ledger record to be durable",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+            registry=r,
+        )
 
     def track_queue(self, waiting: Callable[[], int], processing: Callable[[], int]) -> None:
         """Read queue figures at scrape time instead of tracking every change."""

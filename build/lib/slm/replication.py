@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,6 +44,9 @@ class Replica:
         parsed = urlparse(self.url)
         interval = f"{self.sync_interval_s:g}s"
         if parsed.scheme == "file":
+            if parsed.netloc not in ("", "localhost"):
+                raise ReplicationError(f"ledger.replica: {self.url} names host "
+                                       f"{parsed.netloc!r}; write file:///absolute/path")
             if not parsed.path.startswith("/"):
                 raise ReplicationError(f"ledger.replica: a file replica needs an absolute path: "
                                        f"{self.url}")
@@ -98,23 +102,41 @@ class Replicator:
         self._stopping = threading.Event()
 
     def start(self) -> None:
-        """Start replicating; Litestream's own log lines go to ours."""
+        """Start replicating (and keep Litestream running); its log lines go to ours."""
+        self._spawn()
+        threading.Thread(target=self._supervise, name="slm-litestream", daemon=True).start()
+
+    def _spawn(self) -> None:
         self._proc = subprocess.Popen(
             [litestream_binary(), "replicate", "-config", str(self._config)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env(),
         )
-        threading.Thread(target=self._pump, name="slm-litestream", daemon=True).start()
         log.info("replicating the ledger", extra={"replica": self._replica.url,
                                                   "pid": self._proc.pid})
 
-    def _pump(self) -> None:
-        assert self._proc and self._proc.stdout
-        for raw in self._proc.stdout:
-            log.info("litestream: %s", raw.decode(errors="replace").rstrip())
-        code = self._proc.wait()
-        if not self._stopping.is_set():
-            log.error("litestream exited unexpectedly; the ledger is not being replicated",
-                      extra={"exit_code": code})
+    @property
+    def running(self) -> bool:
+        """Whether a litestream process is replicating right now."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _supervise(self) -> None:
+        """Pump Litestream's output; restart it with backoff if it dies."""
+        backoff = 1.0
+        while True:
+            proc = self._proc
+            assert proc is not None and proc.stdout is not None
+            started = time.monotonic()
+            for raw in proc.stdout:
+                log.info("litestream: %s", raw.decode(errors="replace").rstrip())
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            log.error("litestream exited unexpectedly; restarting it",
+                      extra={"exit_code": code, "restart_in_s": backoff})
+            if self._stopping.wait(backoff):
+                return
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            self._spawn()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the daemon, then ship whatever it had not (``replicate -once``).
@@ -130,16 +152,21 @@ class Replicator:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        final = subprocess.run(
-            [litestream_binary(), "replicate", "-once", "-config", str(self._config)],
-            capture_output=True, text=True, env=_child_env(), timeout=120,
-        )
-        if final.returncode != 0:
-            log.error("final ledger sync to the replica failed",
-                      extra={"replica": self._replica.url,
-                             "error": (final.stderr or final.stdout).strip()[-500:]})
+        try:
+            final = subprocess.run(
+                [litestream_binary(), "replicate", "-once", "-config", str(self._config)],
+                capture_output=True, text=True, env=_child_env(), timeout=60,
+            )
+        except subprocess.TimeoutExpired:
+            log.error("final ledger sync to the replica timed out after 60 s",
+                      extra={"replica": self._replica.url})
         else:
-            log.info("ledger replica synced", extra={"replica": self._replica.url})
+            if final.returncode != 0:
+                log.error("final ledger sync to the replica failed",
+                          extra={"replica": self._replica.url,
+                                 "error": (final.stderr or final.stdout).strip()[-500:]})
+            else:
+                log.info("ledger replica synced", extra={"replica": self._replica.url})
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -149,8 +176,9 @@ def restore(replica: Replica, out: Path) -> None:
     Restores into a temporary file beside ``out`` and renames it into place only when
     Litestream succeeded: no half-written ledger is ever left at ``out``.
     """
-    if out.exists():
-        raise ReplicationError(f"{out} already exists; restore into a new path")
+    for existing in (out, out.with_name(out.name + "-wal"), out.with_name(out.name + "-shm")):
+        if existing.exists():  # a stale -wal would be replayed onto the restored file
+            raise ReplicationError(f"{existing} already exists; restore into a new path")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slm-restore-", dir=out.parent) as tmp:
         tmp_dir = Path(tmp)
@@ -169,4 +197,14 @@ def restore(replica: Replica, out: Path) -> None:
                 f"litestream restore from {replica.url} failed: "
                 f"{detail[-1] if detail else 'exit ' + str(result.returncode)}"
             )
-        os.replace(staged, out)
+        with staged.open("rb") as fh:
+            os.fsync(fh.fileno())
+        try:
+            os.link(staged, out)  # atomic, and never replaces a file created meanwhile
+        except FileExistsError:
+            raise ReplicationError(f"{out} appeared during the restore; not replaced") from None
+        directory = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

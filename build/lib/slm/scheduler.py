@@ -106,9 +106,11 @@ class Scheduler:
         engine: Engine,
         *,
         queue_depth: int,
+        coalesce_s: float = 0.0,
         on_finished: Callable[[Job, Event], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._coalesce_s = coalesce_s
         self._depth = queue_depth
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -219,13 +221,28 @@ class Scheduler:
             return out
         assert job.params is not None
 
-        def on_text(text: str) -> None:
-            self.last_progress = time.monotonic()
-            job.emit(TextEvent(text))
+        # Text produced within one coalescing window travels as one event: fewer wake-ups
+        # of the event loop and the client, which share the CPU with the decode threads.
+        pending: list[str] = []
+        last_emit = 0.0
 
-        return self._engine.generate(
-            job.prompt, job.params, on_text=on_text, interrupted=job.interrupted
-        )
+        def on_text(text: str) -> None:
+            nonlocal last_emit
+            now = time.monotonic()
+            self.last_progress = now
+            pending.append(text)
+            if now - last_emit >= self._coalesce_s:
+                last_emit = now
+                job.emit(TextEvent("".join(pending)))
+                pending.clear()
+
+        try:
+            return self._engine.generate(
+                job.prompt, job.params, on_text=on_text, interrupted=job.interrupted
+            )
+        finally:
+            if pending:
+                job.emit(TextEvent("".join(pending)))
 
     def _finish(self, job: Job, event: Event) -> None:
         """Account and deliver the job's last event; never lets an error kill the worker."""

@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from slm import __version__
-from slm.errors import SlmError
+from slm.errors import ConfigError, SlmError
 from slm.settings import Settings
 
 log = logging.getLogger("slm.serve")
@@ -59,6 +59,36 @@ def _set_omp_wait_policy(policy: str) -> None:
         os.environ["OMP_WAIT_POLICY"] = policy.upper()
 
 
+def plan_context(settings: Settings, model: Path) -> int:
+    """The context to serve: the configured one if its planned footprint fits the memory
+    budget (ConfigError naming the largest that fits if not), or that largest for "auto"."""
+    from slm.planner import MB, largest_context, mib, plan
+
+    budget = settings.memory_budget_mb
+    common = {"kv_type": settings.kv_type, "n_ubatch": settings.batch,
+              "baseline_mib": settings.memory_baseline_mb}
+    fits = largest_context(model, budget, **common)
+    if settings.ctx == "auto":
+        if fits == 0:
+            raise ConfigError(f"the model does not fit memory.budget_mb = {budget:g} even at "
+                              "256 tokens of context")
+        predicted = plan(model, n_ctx=fits, **common)
+        log.info("context chosen by the planner", extra={
+            "n_ctx": fits, "predicted_mib": round(predicted.total / 2**20, 1),
+            "budget_mib": budget})
+        return fits
+    assert isinstance(settings.ctx, int)
+    predicted = plan(model, n_ctx=settings.ctx, **common)
+    if predicted.total > budget * MB:
+        raise ConfigError(
+            f"model.ctx = {settings.ctx} needs about {mib(predicted.total)} (weights "
+            f"{mib(predicted.weights)}, KV cache {mib(predicted.kv_cache)}, compute "
+            f"{mib(predicted.compute)}, runtime {mib(predicted.baseline)}), over "
+            f"memory.budget_mb = {budget:g}; the largest context that fits is {fits}",
+            hint='or set model.ctx = "auto"')
+    return settings.ctx
+
+
 def serve(settings: Settings, api_keys: list[str]) -> int:
     """Run the Doorman until SIGTERM/SIGINT; the process exit code."""
     from slm.logs import setup_logging
@@ -71,6 +101,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.replication import Replica, Replicator
 
     model_file = open_model_file(settings.model, settings.model_sha256)
+    n_ctx = plan_context(settings, model_file.path)
     replica = (
         Replica(settings.replica, endpoint=settings.replica_endpoint,
                 region=settings.replica_region,
@@ -91,7 +122,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.service import Doorman
 
     quiet_llama_logs()
-    doorman = Doorman(settings, model_file, api_keys, ledger)
+    doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx)
     server = _Server(
         uvicorn.Config(
             create_app(doorman), host=settings.host, port=settings.port, log_config=None,

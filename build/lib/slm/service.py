@@ -9,12 +9,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
 
 from slm.engine import Engine, GenerationResult
-from slm.errors import LedgerUnavailable, NotReady, ShuttingDown, SlmError
+from slm.errors import (
+    LedgerUnavailable,
+    MemoryBudgetExceeded,
+    NotReady,
+    ShuttingDown,
+    SlmError,
+)
 from slm.ledger import Ledger
 from slm.metrics import Metrics
 from slm.model_file import ModelFile
@@ -22,15 +29,25 @@ from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
 from slm.settings import Settings, environment_threads
 
 log = logging.getLogger("slm.service")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * _PAGE
 
 
 class Doorman:
     """Everything one running service holds, shared by the HTTP handlers."""
 
     def __init__(
-        self, settings: Settings, model_file: ModelFile, api_keys: list[str], ledger: Ledger
+        self, settings: Settings, model_file: ModelFile, api_keys: list[str], ledger: Ledger,
+        *, n_ctx: int | None = None,
     ) -> None:
         self.settings = settings
+        self.n_ctx = n_ctx or (settings.ctx if isinstance(settings.ctx, int) else 4096)
+        self.memory_budget = int(settings.memory_budget_mb * 1_000_000)
         self.model_file = model_file
         self.model_id = settings.model_id or model_file.default_id
         # (key bytes, key id): the id names a key in the ledger without revealing it
@@ -38,6 +55,8 @@ class Doorman:
                          for k in api_keys]
         self.ledger = ledger
         self.metrics = Metrics()
+        self.metrics.memory_rss.set_function(resident_bytes)
+        self.metrics.memory_budget.set(self.memory_budget)
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
         self.load_error: SlmError | None = None
@@ -55,8 +74,8 @@ class Doorman:
         began = time.monotonic()
         try:
             engine = Engine(
-                self.model_file, n_ctx=self.settings.ctx, n_threads=self.threads,
-                n_batch=self.settings.batch,
+                self.model_file, n_ctx=self.n_ctx, n_threads=self.threads,
+                n_batch=self.settings.batch, kv_type=self.settings.kv_type,
             )
             engine.warm_up()
         except SlmError as exc:
@@ -64,7 +83,8 @@ class Doorman:
             raise
         self.engine = engine
         self.scheduler = Scheduler(
-            engine, queue_depth=self.settings.queue_depth, on_finished=self._record
+            engine, queue_depth=self.settings.queue_depth,
+            coalesce_s=self.settings.stream_coalesce_ms / 1000, on_finished=self._record,
         )
         self.metrics.track_queue(
             lambda: self.scheduler.waiting if self.scheduler else 0,
@@ -111,12 +131,19 @@ class Doorman:
 
     def require_ledger(self) -> Ledger:
         """The ledger, or LedgerUnavailable (503) once it could not be written."""
-        if self.ledger.error is not None:
+        if not self.ledger.writable:
+            why = self.ledger.error.message if self.ledger.error else "its writer stopped"
             raise LedgerUnavailable(
-                "the audit ledger cannot be written, so no inference is served: "
-                f"{self.ledger.error.message}"
-            )
+                f"the audit ledger cannot be written, so no inference is served: {why}")
         return self.ledger
+
+    def check_memory(self) -> None:
+        """MemoryBudgetExceeded (503) while the process is over its memory budget."""
+        rss = resident_bytes()
+        if rss > self.memory_budget:
+            raise MemoryBudgetExceeded(
+                f"the service uses {rss / 1e6:.0f} MB, over its budget of "
+                f"{self.memory_budget / 1e6:.0f} MB; retry later")
 
     def require_engine(self) -> tuple[Engine, Scheduler]:
         """The engine and scheduler, or NotReady (503) while loading."""

@@ -80,6 +80,10 @@ class Settings:
         "server", 300.0, "Deadline of a request, queueing included (504 after).",
         check=_at_least(0.01),
     )
+    stream_coalesce_ms: float = _setting(
+        "server", 20.0, "Streamed text produced within this window goes out as one chunk "
+        "(0 = a chunk per token); the first token is never delayed.", check=_at_least(0),
+    )
     shutdown_grace_s: float = _setting(
         "server", 10.0, "On SIGTERM, how long in-flight requests may finish before they "
         "are ended with a 503 `shutting_down` error.", check=_at_least(0),
@@ -94,7 +98,12 @@ class Settings:
     model_id: str | None = _setting(
         "model", None, "Model name clients must send; default: the file name without .gguf."
     )
-    ctx: int = _setting("model", 4096, "Context size in tokens.", check=_at_least(16))
+    ctx: int | str = _setting(
+        "model", 4096, "Context size in tokens, or `auto`: the largest that fits "
+        "`memory.budget_mb` (the planner decides).",
+        check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 16)
+        else "must be at least 16 or \"auto\"",
+    )
     # [engine]
     threads: int = _setting(
         "engine", 0, "Threads for decoding (0 = all CPUs this process may use).",
@@ -103,11 +112,26 @@ class Settings:
     batch: int = _setting(
         "engine", 512, "Prompt tokens decoded per batch.", check=_at_least(1)
     )
+    kv_type: str = _setting(
+        "engine", "f16", "KV cache element type: `f16`, `q8_0` or `q4_0` (quantised types "
+        "halve or quarter the cache and turn on flash attention).",
+        check=_one_of("f16", "q8_0", "q4_0"),
+    )
     omp_wait_policy: str = _setting(
         "engine", "default",
         "OpenMP wait policy: `active` spins, `passive` sleeps, `default` spins briefly "
         "then sleeps (libgomp's own default).",
         check=_one_of("active", "passive", "default"),
+    )
+    # [memory]
+    memory_budget_mb: float = _setting(
+        "memory", 550.0, "Peak memory the service may use with its model; the start is "
+        "refused if the planned footprint exceeds it, and new work gets 503 at run time.",
+        key="budget_mb", check=_at_least(1),
+    )
+    memory_baseline_mb: float = _setting(
+        "memory", 58.0, "The runtime's own footprint without a model (measured, see "
+        "policy/budget.toml), added by the planner.", key="baseline_mb", check=_at_least(0),
     )
     # [ledger]
     ledger_path: str = _setting(
@@ -165,7 +189,7 @@ def _base_type(field_name: str) -> tuple[type, bool]:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
+        return args[0], type(None) in typing.get_args(hint)
     if origin is list:
         return list, False
     return hint, False
@@ -179,6 +203,8 @@ def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
     """Check a TOML value's type; ints are accepted where floats are expected."""
     if value is None and optional:
         return None
+    if value == "auto" and key == "model.ctx":
+        return value
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -271,9 +297,16 @@ def add_flags(parser: argparse.ArgumentParser, only_section: str | None = None) 
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
+        elif f.name == "ctx":
+            parser.add_argument(flag, dest=f.name, type=_int_or_auto, default=None,
+                                help=help_text, metavar="INTEGER|auto")
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
                                 metavar=_type_name(kind).upper())
+
+
+def _int_or_auto(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from slm_policy.inventory import (
     native_libraries,
     python_packages,
     shipped_models,
+    unlisted_distributions,
 )
 from slm_policy.licenses import Report, evaluate
 from slm_policy.policy_file import PolicyError, load_policy
@@ -55,16 +56,31 @@ def main(argv: list[str] | None = None) -> int:
     lic.add_argument("--json", type=Path, help="write the JSON report here")
     lic.add_argument("--sbom", type=Path, help="write a CycloneDX SBOM here")
     lic.add_argument("--product-version", default="0.0.0")
+    bud = sub.add_parser("budget", help="measure the service's peak memory against the "
+                         "budget and the planner")
+    bud.add_argument("--model", type=Path, default=None, help="default: the default model")
+    bud.add_argument("--ctx", type=int, action="append", default=[],
+                     help="contexts to measure (repeatable; default: 2048, 4096, 8192)")
+    bud.add_argument("--configured-ctx", type=int, default=4096,
+                     help="the context the appliance serves (must fit the budget)")
+    bud.add_argument("--kv-type", choices=["f16", "q8_0", "q4_0"], default="f16")
+    bud.add_argument("--policy", type=Path, default=None)
+    bud.add_argument("--json", type=Path, help="write the measurements here")
+    bud.add_argument("--calibrate", action="store_true",
+                     help="measure the runtime baseline for budget.toml and stop")
     args = parser.parse_args(argv)
+    if args.gate == "budget":
+        return _budget(args)
     try:
         policy = load_policy(args.policy)
         packages = python_packages(args.python)
         libs = native_libraries(args.python, packages)
         models = shipped_models(args.python, args.model)
+        unlisted = unlisted_distributions(args.python, packages)
     except (PolicyError, InventoryError) as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
         return 2
-    report = evaluate(policy, packages, libs, models)
+    report = evaluate(policy, packages, libs, models, unlisted)
     print(_table(report))
     for warning in report.warnings:
         print(f"license-gate: warning: {warning}", file=sys.stderr)
@@ -79,6 +95,60 @@ def main(argv: list[str] | None = None) -> int:
     print(f"license-gate: {len(report.verdicts)} components, {n} violation(s)",
           file=sys.stderr)
     return 1 if n else 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    from slm_policy.budget import POLICY, load_budget, run_gate
+
+    try:
+        budget = load_budget(args.policy or POLICY)
+    except ValueError as exc:
+        print(f"slm-gate: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.calibrate:
+            from slm_policy.budget import calibrate
+
+            print(f"runtime_baseline_mb = {calibrate(args.model):.0f}")
+            return 0
+        contexts = args.ctx or [2048, 4096, 8192]
+        if args.configured_ctx not in contexts:
+            contexts.append(args.configured_ctx)
+        ok, rows = run_gate(args.model, sorted(contexts), budget,
+                            configured_ctx=args.configured_ctx, kv_type=args.kv_type)
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"slm-gate: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. ModelError: one line, exit 2
+        print(f"slm-gate: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    mib = 1024 * 1024
+    print(f"memory budget {budget.budget_mb:g} MB at context {args.configured_ctx}; "
+          f"runtime baseline {budget.runtime_baseline_mb:g} MB; tolerance "
+          f"{budget.prediction_tolerance:.0%}")
+    print(f"{'ctx':>6} {'predicted':>10} {'measured':>10} {'error':>7} {'PSS':>8} "
+          f"{'cgroup':>8}  verdict")
+    for r in rows:
+        cg = f"{r['cgroup_peak'] / mib:8.1f}" if r["cgroup_peak"] else f"{'n/a':>8}"
+        verdict = ("OVER BUDGET" if r["over_budget"] else
+                   "PREDICTION OFF" if r["bad_prediction"] else "ok")
+        print(f"{r['ctx']:>6} {r['predicted'] / mib:10.1f} {r['measured'] / mib:10.1f} "
+              f"{r['error']:+7.1%} {r['pss'] / mib:8.1f} {cg}  {verdict}")
+    print("(MiB; measured = peak RSS, VmHWM, summed over the service's process tree under a "
+          "load that fills the context; cgroup = the peak of the memory cgroup it ran in; the "
+          "budget is in MB, 10^6 bytes, and judged against the larger of the two)")
+    if args.json:
+        _write(args.json, {"ok": ok, "budget_mb": budget.budget_mb, "rows": rows})
+    for r in rows:
+        if r["over_budget"]:
+            peak = max(r["measured"], r["cgroup_peak"] or 0)
+            print(f"budget-gate: FAIL context {r['ctx']}: peak {peak / 1e6:.1f} MB "
+                  f"over {budget.budget_mb:g} MB", file=sys.stderr)
+        if r["bad_prediction"]:
+            print(f"budget-gate: FAIL context {r['ctx']}: predicted "
+                  f"{r['predicted'] / mib:.1f} MiB vs measured {r['measured'] / mib:.1f} MiB "
+                  f"({r['error']:+.1%})", file=sys.stderr)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from pathlib import Path
 # the site-packages folders (to find shipped models).
 _PROBE = r"""
 import json, sys, importlib.metadata as md
-out = {"libs": {}, "paths": [p for p in sys.path if p.endswith("-packages")]}
+out = {"libs": {}, "paths": [p for p in sys.path if p.endswith("-packages")], "dists": []}
 for dist in md.distributions():
+    out["dists"].append([dist.metadata["Name"], dist.version])
     libs = [str(f) for f in (dist.files or []) if f.parts and f.parts[0].endswith(".libs")
             and ".so" in f.name]
     if libs:
@@ -60,10 +61,10 @@ class Model:
 
 
 def python_packages(python: str) -> list[PythonPackage]:
-    """Every distribution in ``python``'s environment, via pip-licenses (its own tools
-    excluded: pip-licenses runs from this interpreter and inspects the other)."""
+    """Every distribution in ``python``'s environment, via pip-licenses (``--with-system``:
+    pip, setuptools, wcwidth... are judged too when they are there)."""
     cmd = [sys.executable, "-m", "piplicenses", "--python", python, "--from=mixed",
-           "--format=json", "--with-license-file", "--no-license-path"]
+           "--format=json", "--with-license-file", "--no-license-path", "--with-system"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise InventoryError(f"pip-licenses failed for {python}: "
@@ -77,10 +78,17 @@ def python_packages(python: str) -> list[PythonPackage]:
 
 
 def _probe(python: str) -> dict:
-    result = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True)
+    result = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True)
     if result.returncode != 0:
         raise InventoryError(f"cannot inspect {python}: {result.stderr.strip()[-300:]}")
     return json.loads(result.stdout)
+
+
+def unlisted_distributions(python: str, packages: list[PythonPackage]) -> list[str]:
+    """Distributions importlib.metadata sees that pip-licenses did not report."""
+    listed = {(p.name.lower(), p.version) for p in packages}
+    return sorted(f"{name}=={version}" for name, version in _probe(python)["dists"]
+                  if (name.lower(), version) not in listed)
 
 
 def bundled_license_blocks(license_text: str) -> list[tuple[str, str]]:
@@ -116,7 +124,7 @@ def native_libraries(python: str, packages: list[PythonPackage]) -> list[NativeL
 
 def read_model(path: Path) -> Model:
     """A GGUF model's name and ``general.license``."""
-    from gguf import GGUFReader
+    from gguf import GGUFReader, GGUFValueType
 
     try:
         reader = GGUFReader(str(path))
@@ -124,10 +132,17 @@ def read_model(path: Path) -> Model:
         raise InventoryError(f"{path}: not a readable GGUF file: {exc}") from None
 
     def text(key: str) -> str | None:
+        """A string field; an array of strings joined with AND (all of them apply)."""
         field = reader.fields.get(key)
         if field is None:
             return None
-        return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+        if field.types[:1] == [GGUFValueType.STRING]:
+            return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+        if field.types[:2] == [GGUFValueType.ARRAY, GGUFValueType.STRING]:
+            items = [bytes(field.parts[i]).decode("utf-8", errors="replace")
+                     for i in field.data]
+            return " AND ".join(f"({x})" for x in items) if items else ""
+        return f"<{field.types[0].name} value>"  # not text: never a license
 
     with path.open("rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()

@@ -105,7 +105,9 @@ class Gate:
         allowed = set(self.policy.allow) | (set(exception.licenses) if exception else set())
         try:
             used: set[str] = set()
-            denied = _denied_ids(_parse(expression), allowed, used)
+            parsed = _parse(expression)
+            verdict.expression = str(parsed)
+            denied = _denied_ids(parsed, allowed, used)
         except (_Denied, ExpressionError) as exc:
             verdict.problem = str(exc)
             return verdict
@@ -169,6 +171,11 @@ class Gate:
     def model(self, model: Model) -> Verdict:
         name = model.name or model.path.name
         raw = model.license or ""
+        accepted = next((m for m in self.policy.model_exceptions
+                         if m.sha256 == model.sha256), None)
+        if accepted is not None:
+            return Verdict("model", name, model.sha256[:12], raw, accepted.license, True,
+                           note=f"exception: {accepted.reason.splitlines()[0]}")
         expression = self.policy.models.get(raw.lower())
         problem = ""
         if expression is None and raw:
@@ -201,10 +208,15 @@ class Gate:
 
 
 def evaluate(policy: Policy, packages: list[PythonPackage], libs: list[NativeLibrary],
-             models: list[Model]) -> Report:
-    """Judge everything that ships."""
+             models: list[Model], unlisted: list[str] | None = None) -> Report:
+    """Judge everything that ships (``unlisted``: distributions nobody reported a license
+    for, each a violation)."""
     gate = Gate(policy)
     report = Report()
+    for dist in unlisted or []:
+        name, _, version = dist.partition("==")
+        report.verdicts.append(Verdict("python", name, version, "", None, False,
+                                       problem="installed but not reported by pip-licenses"))
     report.verdicts += [gate.python(p) for p in packages]
     report.verdicts += [gate.native(lib) for lib in libs]
     report.verdicts += [gate.model(m) for m in models]

@@ -10,7 +10,9 @@ from pathlib import Path
 from license_expression import ExpressionError, get_spdx_licensing
 
 # Copyleft and source-available families: never on the allow list, only per-package exceptions.
-DENIED_FAMILIES = re.compile(r"^(A?GPL|LGPL|SSPL|BUSL|BSL|CC-BY-NC|Elastic)", re.IGNORECASE)
+DENIED_FAMILIES = re.compile(
+    r"^(A?GPL|LGPL|SSPL|BUSL|BSL|CC-BY-NC|CC-BY-SA|CC-BY-ND|Elastic|EUPL|OSL|CDDL|EPL|MS-RL|"
+    r"CPAL|RPL|Sleepycat|Commons-Clause)", re.IGNORECASE)
 LICENSING = get_spdx_licensing()
 
 
@@ -44,6 +46,15 @@ class Clarification:
     reason: str
 
 
+@dataclass(frozen=True)
+class ModelException:
+    """A model whose license is not allowed, accepted by its sha256 after review."""
+
+    sha256: str
+    license: str
+    reason: str
+
+
 @dataclass
 class Policy:
     allow: dict[str, str]
@@ -51,6 +62,7 @@ class Policy:
     models: dict[str, str]
     exceptions: list[Exception_] = field(default_factory=list)
     clarifications: list[Clarification] = field(default_factory=list)
+    model_exceptions: list[ModelException] = field(default_factory=list)
 
     def exception_for(self, name: str, version: str) -> Exception_ | None:
         for exc in self.exceptions:
@@ -76,6 +88,8 @@ def _table(doc: dict, key: str, path: Path) -> dict[str, str]:
 
 def spdx(text: str) -> tuple[str | None, str]:
     """``(normalised SPDX expression, "")`` or ``(None, why not)`` for any text."""
+    if not isinstance(text, str) or not text.strip():
+        return None, "empty license"
     try:
         info = LICENSING.validate(text)
     except (ExpressionError, AttributeError, TypeError, ValueError) as exc:
@@ -86,10 +100,12 @@ def spdx(text: str) -> tuple[str | None, str]:
     return info.normalized_expression, ""
 
 
-def _check_expression(text: str, where: str) -> None:
+def _check_expression(text: str, where: str) -> str:
+    """The canonical form of a policy's SPDX entry (entries are compared canonically)."""
     normalised, problem = spdx(text)
     if normalised is None:
         raise PolicyError(f"{where}: {text!r}: {problem}")
+    return normalised
 
 
 def _require(entry: dict, keys: tuple[str, ...], where: str) -> None:
@@ -101,22 +117,31 @@ def _require(entry: dict, keys: tuple[str, ...], where: str) -> None:
 def load_policy(path: Path) -> Policy:
     """Parse and validate the policy; PolicyError names what is wrong."""
     try:
+        return _load_policy(path)
+    except (TypeError, AttributeError, ValueError) as exc:  # wrong types in the TOML
+        raise PolicyError(f"{path}: malformed entry: {exc}") from None
+
+
+def _load_policy(path: Path) -> Policy:
+    try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PolicyError(f"policy file not found: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PolicyError(f"{path}: cannot read the policy: {exc}") from None
-    unknown = set(doc) - {"allow", "classifiers", "models", "exception", "clarification"}
+    unknown = set(doc) - {"allow", "classifiers", "models", "exception", "clarification",
+                          "model_exception"}
     if unknown:
         raise PolicyError(f"{path}: unknown section(s): {', '.join(sorted(unknown))}")
-    allow = _table(doc, "allow", path)
-    for spdx, reason in allow.items():
-        _check_expression(spdx, f"{path} [allow]")
+    allow = {}
+    for entry, reason in _table(doc, "allow", path).items():
+        canonical = _check_expression(entry, f"{path} [allow]")
         if not reason.strip():
-            raise PolicyError(f"{path} [allow] {spdx}: every allowed license needs a reason")
-        if DENIED_FAMILIES.match(spdx) and " WITH " not in spdx:
-            raise PolicyError(f"{path} [allow] {spdx}: copyleft and source-available licenses "
+            raise PolicyError(f"{path} [allow] {entry}: every allowed license needs a reason")
+        if DENIED_FAMILIES.match(canonical):  # also with a WITH exception
+            raise PolicyError(f"{path} [allow] {entry}: copyleft and source-available licenses "
                               "cannot be allowed globally; add a pinned [[exception]]")
+        allow[canonical] = reason
     classifiers = _table(doc, "classifiers", path)
     for name, spdx in classifiers.items():
         if spdx:
@@ -128,17 +153,24 @@ def load_policy(path: Path) -> Policy:
     for i, entry in enumerate(doc.get("exception", [])):
         where = f"{path} [[exception]] #{i + 1}"
         _require(entry, ("package", "version", "licenses", "reason"), where)
-        for spdx in entry["licenses"]:
-            _check_expression(spdx, where)
+        if not isinstance(entry["licenses"], list):
+            raise PolicyError(f"{where}: licenses must be a list of SPDX ids")
+        licenses = frozenset(_check_expression(x, where) for x in entry["licenses"])
         exceptions.append(Exception_(normalise_name(entry["package"]), str(entry["version"]),
-                                     frozenset(entry["licenses"]), entry["reason"].strip()))
+                                     licenses, entry["reason"].strip()))
     clarifications = []
     for i, entry in enumerate(doc.get("clarification", [])):
         where = f"{path} [[clarification]] #{i + 1}"
         _require(entry, ("package", "version", "license", "license_file_sha256", "reason"),
                  where)
-        _check_expression(entry["license"], where)
         clarifications.append(Clarification(
-            normalise_name(entry["package"]), str(entry["version"]), entry["license"],
+            normalise_name(entry["package"]), str(entry["version"]),
+            _check_expression(entry["license"], where),
             entry["license_file_sha256"].lower(), entry["reason"].strip()))
-    return Policy(allow, classifiers, models, exceptions, clarifications)
+    model_exceptions = []
+    for i, entry in enumerate(doc.get("model_exception", [])):
+        where = f"{path} [[model_exception]] #{i + 1}"
+        _require(entry, ("sha256", "license", "reason"), where)
+        model_exceptions.append(ModelException(entry["sha256"].lower(), entry["license"],
+                                               entry["reason"].strip()))
+    return Policy(allow, classifiers, models, exceptions, clarifications, model_exceptions)

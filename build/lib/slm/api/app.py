@@ -55,9 +55,9 @@ class ClientGone(Exception):
     """The client disconnected while its request waited."""
 
 
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    return given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+def _request_id() -> str:
+    """Ours, always: unique in the ledger and never a client's text (CSV formulas...)."""
+    return uuid.uuid4().hex
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -168,18 +168,27 @@ class DoormanAPI:
     async def _audit(
         self, request: Request, endpoint: str, status: int, error_code: str | None = None
     ) -> None:
-        """Write the request's record and wait until it is durable."""
+        """Write the request's record and wait until it is durable (one record a request)."""
+        if request.state.recorded:
+            return
+        request.state.recorded = True
+        began = time.monotonic()
         future = self.d.ledger.append(self._audit_entry(request, endpoint, status, error_code))
         try:
             await asyncio.wrap_future(future)
         except LedgerError as exc:
             raise LedgerUnavailable(
                 f"the audit ledger cannot be written: {exc.message}") from None
+        finally:
+            self.d.metrics.ledger_wait.observe(time.monotonic() - began)
 
     def _audit_nowait(
         self, request: Request, endpoint: str, status: int, error_code: str | None
     ) -> None:
         """Record a request that ends without an answer (error, client gone)."""
+        if request.state.recorded:
+            return
+        request.state.recorded = True
         self.d.ledger.append(self._audit_entry(request, endpoint, status, error_code))
 
     @staticmethod
@@ -203,10 +212,11 @@ class DoormanAPI:
         audited = name in AUDITED
 
         async def wrapped(request: Request) -> Response:
-            request_id = _request_id(request)
+            request_id = _request_id()
             request.state.request_id = request_id
             request.state.log = {}
             request.state.audit = {}
+            request.state.recorded = False
             request.state.started = started = time.monotonic()
             status = 500
             try:
@@ -274,11 +284,11 @@ class DoormanAPI:
             "object": "model",
             "created": int(self.d.model_file.path.stat().st_mtime),
             "owned_by": "service-slm",
-            "context_length": info.n_ctx if info else self.d.settings.ctx,
+            "context_length": info.n_ctx if info else self.d.n_ctx,
             "sha256": self.d.model_file.sha256,
             "meta": {
                 "size": self.d.model_file.size,
-                "n_ctx": info.n_ctx if info else self.d.settings.ctx,
+                "n_ctx": info.n_ctx if info else self.d.n_ctx,
                 "n_ctx_train": info.n_ctx_train if info else None,
                 "n_params": info.n_params if info else None,
                 "n_embd": info.n_embd if info else None,
@@ -380,6 +390,7 @@ class DoormanAPI:
         params: SamplingParams, *, chat: bool,
     ) -> Response:
         _, scheduler = self.d.require_engine()
+        self.d.check_memory()
         job = self.d.new_job(request.state.request_id)
         job.prompt, job.params = prompt, params
         scheduler.submit(job)
@@ -395,8 +406,11 @@ class DoormanAPI:
         if req.stream:
             request.state.log["streaming"] = True
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            endpoint = "chat" if chat else "completions"
             return _JobStreamingResponse(
                 job,
+                # if the body never starts (client gone first), the request is still recorded
+                lambda: self._audit_nowait(request, endpoint, 499, "client_closed_request"),
                 self._stream(request, job, first, reply, include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -515,6 +529,7 @@ class DoormanAPI:
                     f"input[{i}] has {len(tokens)} tokens; the maximum is {engine.n_ctx}",
                     param="input",
                 )
+        self.d.check_memory()
         job = self.d.new_job(request.state.request_id)
         job.embed_inputs = inputs
         scheduler.submit(job)
@@ -540,9 +555,12 @@ class _JobStreamingResponse(StreamingResponse):
     """A stream that cancels its job however it ends, even if the client left before the
     first chunk (when the body generator never starts, its own ``finally`` cannot run)."""
 
-    def __init__(self, job: Job, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, job: Job, on_end: Callable[[], None], *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._job = job
+        self._on_end = on_end
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -553,6 +571,7 @@ class _JobStreamingResponse(StreamingResponse):
             log.info("stream cut at shutdown", extra={"request_id": self._job.request_id})
         finally:
             self._job.cancel.set()
+            self._on_end()  # records the request unless the stream already did
 
 
 class _Reply:
