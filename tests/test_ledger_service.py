@@ -171,3 +171,15 @@ def test_kill_9_under_load_loses_no_acknowledged_record(start_server, tiny_model
     stored = {r["request_id"] for r in records(server.ledger)}
     assert set(acknowledged) <= stored
     assert verify(server.ledger).ok
+
+
+def test_a_corrupt_ledger_stops_the_start_with_one_line(tmp_path, tiny_model):
+    from conftest import run_slm
+
+    ledger = tmp_path / "ledger.db"
+    ledger.write_bytes(b"this is no database" * 200)
+    r = run_slm("serve", "--model", str(tiny_model), "--port", str(free_port()),
+                "--ledger-path", str(ledger))
+    assert r.returncode == 1
+    assert "ledger" in r.stderr and r.stderr.count("\n") == 1
+    assert ledger.read_bytes() == b"this is no database" * 200  # left as it was

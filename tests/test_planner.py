@@ -197,3 +197,11 @@ def test_over_budget_at_run_time_refuses_new_work_with_503(start_server, tiny_mo
     assert r.json()["error"]["code"] == "memory_budget_exceeded"
     text = httpx.get(server.base + "/metrics").text
     assert "slm_memory_rss_bytes" in text and "slm_memory_budget_bytes 1e+07" in text
+
+
+def test_parallel_sequences_multiply_recurrent_state(tmp_path):
+    keys = {"ssm.inner_size": 1024, "ssm.conv_kernel": 4, "ssm.state_size": 16}
+    path = synthetic(tmp_path / "r.gguf", "mamba", {**BASE, **keys})
+    assert plan(path, n_ctx=1024, n_seq=4).kv_cache == 4 * plan(path, n_ctx=1024).kv_cache
+    r = run_slm("plan", "--model", str(path), "--ctx", "0")
+    assert r.returncode == 2 and "at least 1" in r.stderr

@@ -61,9 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="predict the memory footprint of a model")
     plan.add_argument("--model", type=Path, default=None,
                       help="GGUF file (default: the embedded default model)")
-    plan.add_argument("--ctx", type=int, default=None, help="context size (default: trained)")
+    plan.add_argument("--ctx", type=_positive, default=None,
+                      help="context size (default: the trained one)")
     plan.add_argument("--kv-type", choices=["f16", "q8_0", "q4_0"], default="f16")
-    plan.add_argument("--batch", type=int, default=512, help="micro-batch size (n_ubatch)")
+    plan.add_argument("--batch", type=_positive, default=512,
+                      help="micro-batch size (n_ubatch)")
+    plan.add_argument("--parallel", type=_positive, default=1,
+                      help="parallel sequences sharing the context (recurrent state and "
+                      "sliding windows grow with it)")
     plan.add_argument("--baseline-mb", type=float, default=None,
                       help="runtime footprint without a model (default: memory.baseline_mb)")
     plan.add_argument("--budget", type=float, metavar="MB",
@@ -127,6 +132,13 @@ def _ledger(args: argparse.Namespace) -> int:
     return 0 if verdict.ok else 1
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _plan(args: argparse.Namespace) -> int:
     from slm.gguf_meta import read_gguf
     from slm.model_file import default_model_path
@@ -136,7 +148,8 @@ def _plan(args: argparse.Namespace) -> int:
     info = read_gguf(path)
     ctx = args.ctx or int(info.arch("context_length", 4096))
     baseline = args.baseline_mb if args.baseline_mb is not None else Settings().memory_baseline_mb
-    common = {"kv_type": args.kv_type, "n_ubatch": args.batch, "baseline_mib": baseline}
+    common = {"kv_type": args.kv_type, "n_ubatch": args.batch, "baseline_mib": baseline,
+              "n_seq": args.parallel}
     p = plan(path, n_ctx=ctx, info=info, **common)
     fits = largest_context(path, args.budget, **common) if args.budget else None
     if args.json:
@@ -152,6 +165,9 @@ def _plan(args: argparse.Namespace) -> int:
                          ("runtime", p.baseline), ("total", p.total)):
         print(f"  {label:10} {mib(value):>14}")
     if fits is not None:
+        if fits == 0:
+            print(f"nothing fits {args.budget:g} MB: even a 256-token context needs more")
+            return 1
         beyond = largest_context(path, args.budget, cap_to_trained=False, **common)
         print(f"largest context within {args.budget:g} MB: {fits}"
               + (f" (the trained maximum; memory alone would allow {beyond})"

@@ -143,8 +143,9 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int, kv_type: str, n_ubatch: int,
 
 
 def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
-         baseline_mib: float = 0.0, info: GGUFInfo | None = None) -> Plan:
-    """Predict the footprint of serving ``path`` at ``n_ctx``."""
+         baseline_mib: float = 0.0, info: GGUFInfo | None = None, n_seq: int = 1) -> Plan:
+    """Predict the footprint of serving ``path`` at ``n_ctx`` (shared by ``n_seq``
+    parallel sequences, as llama.cpp's unified KV cache does)."""
     if n_ctx < 1:
         raise ValueError("the context must be at least 1 token")
     n_ctx = _pad(n_ctx)  # llama.cpp rounds the context up to a multiple of 256
@@ -157,7 +158,7 @@ def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
     n_head = _per_layer(info.arch("attention.head_count", 1), 1)[0]
     merges = info.metadata.get("tokenizer.ggml.merges")
     n_merges = merges[1] if isinstance(merges, tuple) else len(merges or [])
-    kv, kind = kv_cache_bytes(info, n_ctx, kv_type, n_ubatch)
+    kv, kind = kv_cache_bytes(info, n_ctx, kv_type, n_ubatch, n_seq)
     ub = min(n_ubatch, n_ctx)
     mask = 2 * ub * _pad(n_ctx)
     activations = 4 * ub * (6 * n_embd + 3 * n_ff + 2 * n_head * 64)
@@ -172,7 +173,7 @@ def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
 
 def largest_context(path: Path, budget_mb: float, *, kv_type: str = "f16",
                     n_ubatch: int = 512, baseline_mib: float = 0.0,
-                    step: int = 256, cap_to_trained: bool = True) -> int:
+                    step: int = 256, cap_to_trained: bool = True, n_seq: int = 1) -> int:
     """The largest context (a multiple of ``step``; at most the trained one unless
     ``cap_to_trained`` is False) whose planned footprint fits ``budget_mb``."""
     info = read_gguf(path)
@@ -183,7 +184,7 @@ def largest_context(path: Path, budget_mb: float, *, kv_type: str = "f16",
     while low <= high:
         mid = (low + high) // 2
         p = plan(path, n_ctx=mid * step, kv_type=kv_type, n_ubatch=n_ubatch,
-                 baseline_mib=baseline_mib, info=info)
+                 baseline_mib=baseline_mib, info=info, n_seq=n_seq)
         if p.total <= budget_mb * MB:
             best, low = mid * step, mid + 1
         else:
