@@ -1,5 +1,0 @@
-"""Allow ``python -m slm``."""
-
-from slm.cli import main
-
-raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""The Doorman's HTTP surface (OpenAI-compatible)."""
