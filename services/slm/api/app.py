@@ -40,7 +40,7 @@ from slm.errors import (
     RequestError,
 )
 from slm.ledger import LedgerError
-from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, TextEvent
+from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler, TextEvent
 from slm.service import Doorman
 
 log = logging.getLogger("slm.api")
@@ -390,17 +390,9 @@ class DoormanAPI:
         params: SamplingParams, *, chat: bool,
     ) -> Response:
         _, scheduler = self.d.require_engine()
-        self.d.check_memory()
         job = self.d.new_job(request.state.request_id)
         job.prompt, job.params = prompt, params
-        scheduler.submit(job)
-        disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
-        try:
-            first = await _next_event(job, disconnected)
-        finally:
-            disconnected.cancel()
-        if isinstance(first, ErrorEvent):
-            raise first.error
+        first = await self._admit(request, scheduler, job)
         reply = _Reply(self.d.model_id, chat=chat, request_id=request.state.request_id)
         request.state.log.update(prompt_tokens=len(prompt))
         if req.stream:
@@ -431,6 +423,20 @@ class DoormanAPI:
         request.state.log.update(completion_tokens=result.completion_tokens,
                                  finish_reason=result.finish_reason)
         return JSONResponse(reply.whole("".join(texts), result))
+
+    async def _admit(self, request: Request, scheduler: Scheduler, job: Job) -> Event:
+        """Queue ``job`` (429 when full, 503 over the memory budget) and wait for its first
+        event; a failure before any output is raised, so it keeps its HTTP status."""
+        self.d.check_memory()
+        scheduler.submit(job)
+        disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
+        try:
+            first = await _next_event(job, disconnected)
+        finally:
+            disconnected.cancel()
+        if isinstance(first, ErrorEvent):
+            raise first.error
+        return first
 
     async def _stream(
         self, request: Request, job: Job, first: Event, reply: _Reply, include_usage: bool
@@ -529,17 +535,9 @@ class DoormanAPI:
                     f"input[{i}] has {len(tokens)} tokens; the maximum is {engine.n_ctx}",
                     param="input",
                 )
-        self.d.check_memory()
         job = self.d.new_job(request.state.request_id)
         job.embed_inputs = inputs
-        scheduler.submit(job)
-        disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
-        try:
-            event = await _next_event(job, disconnected)
-        finally:
-            disconnected.cancel()
-        if isinstance(event, ErrorEvent):
-            raise event.error
+        event = await self._admit(request, scheduler, job)
         assert isinstance(event, DoneEvent)
         n_tokens = sum(len(t) for t in inputs)
         return JSONResponse({
