@@ -149,8 +149,8 @@ def _plan(args: argparse.Namespace) -> int:
     ctx = args.ctx or int(info.arch("context_length", 4096))
     baseline = args.baseline_mb if args.baseline_mb is not None else Settings().memory_baseline_mb
     common = {"kv_type": args.kv_type, "n_ubatch": args.batch, "baseline_mib": baseline,
-              "n_seq": args.parallel}
-    p = plan(path, n_ctx=ctx, info=info, **common)
+              "n_seq": args.parallel, "info": info}
+    p = plan(path, n_ctx=ctx, **common)
     fits = largest_context(path, args.budget, **common) if args.budget else None
     if args.json:
         print(json.dumps({**p.as_dict(), "model": str(path),

@@ -19,7 +19,7 @@ import ctypes
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import llama_cpp as C
 
@@ -100,7 +100,6 @@ class ModelInfo:
     architecture: str
     supports_embeddings: bool
     chat_template_fallback: bool
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -127,7 +126,6 @@ class Engine:
         self._cached: list[int] = []  # tokens whose KV entries are in sequence 0
         self._interrupt: Callable[[], bool] | None = None
         self._abort_cb = C.ggml_abort_callback(self._abort_requested)
-        self._n_threads = n_threads
 
         arch = self.meta("general.architecture") or "unknown"
         pooling = self.meta(f"{arch}.pooling_type")

@@ -173,10 +173,11 @@ def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
 
 def largest_context(path: Path, budget_mb: float, *, kv_type: str = "f16",
                     n_ubatch: int = 512, baseline_mib: float = 0.0,
-                    step: int = 256, cap_to_trained: bool = True, n_seq: int = 1) -> int:
+                    step: int = 256, cap_to_trained: bool = True, n_seq: int = 1,
+                    info: GGUFInfo | None = None) -> int:
     """The largest context (a multiple of ``step``; at most the trained one unless
     ``cap_to_trained`` is False) whose planned footprint fits ``budget_mb``."""
-    info = read_gguf(path)
+    info = info or read_gguf(path)
     trained = int(info.arch("context_length", 0)) or 1 << 20
     if not cap_to_trained:
         trained = 1 << 22

@@ -62,13 +62,15 @@ def _set_omp_wait_policy(policy: str) -> None:
 def plan_context(settings: Settings, model: Path) -> int:
     """The context to serve: the configured one if its planned footprint fits the memory
     budget (ConfigError naming the largest that fits if not), or that largest for "auto"."""
+    from slm.gguf_meta import read_gguf
     from slm.planner import MB, largest_context, mib, plan
 
     budget = settings.memory_budget_mb
+    info = read_gguf(model)  # parsed once for every plan below
     common = {"kv_type": settings.kv_type, "n_ubatch": settings.batch,
-              "baseline_mib": settings.memory_baseline_mb}
-    fits = largest_context(model, budget, **common)
+              "baseline_mib": settings.memory_baseline_mb, "info": info}
     if settings.ctx == "auto":
+        fits = largest_context(model, budget, **common)
         if fits == 0:
             raise ConfigError(f"the model does not fit memory.budget_mb = {budget:g} even at "
                               "256 tokens of context")
@@ -80,6 +82,7 @@ def plan_context(settings: Settings, model: Path) -> int:
     assert isinstance(settings.ctx, int)
     predicted = plan(model, n_ctx=settings.ctx, **common)
     if predicted.total > budget * MB:
+        fits = largest_context(model, budget, **common)
         raise ConfigError(
             f"model.ctx = {settings.ctx} needs about {mib(predicted.total)} (weights "
             f"{mib(predicted.weights)}, KV cache {mib(predicted.kv_cache)}, compute "
