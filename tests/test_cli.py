@@ -1,9 +1,12 @@
 """`slm serve` refuses bad configuration and bad model files with one line and an exit code."""
 
 import hashlib
+import json
+import re
+import subprocess
 
 import pytest
-from conftest import free_port, run_slm
+from conftest import SLM, free_port, run_slm
 
 
 def serve(*args, timeout=60):
@@ -70,3 +73,28 @@ def test_sigterm_stops_the_server_cleanly(start_server, tiny_model):
     server = start_server(tiny_model)
     assert server.stop() == 0
     assert "Traceback" not in server.log()
+
+
+def test_sanitise_prints_redacted_text_and_json_offsets(tmp_path):
+    text = "Mail bob@example.com from 203.0.113.9, token ghp_" + "a1B2" * 9 + ".\n"
+    done = subprocess.run([*SLM, "sanitise"], input=text, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "bob@example.com" not in done.stdout and "203.0.113.9" not in done.stdout
+    assert re.fullmatch(r"Mail \[EMAIL_[0-9a-f]{8}\] from \[IP_ADDRESS_[0-9a-f]{8}\], "
+                        r"token \[API_KEY_[0-9a-f]{8}\]\.\n", done.stdout)
+    done = subprocess.run([*SLM, "sanitise", "--json"], input=text, capture_output=True,
+                          text=True, timeout=60)
+    got = json.loads(done.stdout)
+    assert [(e["type"], text[e["start"]:e["end"]]) for e in got["entities"]] == [
+        ("EMAIL", "bob@example.com"), ("IP_ADDRESS", "203.0.113.9"),
+        ("API_KEY", "ghp_" + "a1B2" * 9)]
+    config = tmp_path / "slm.toml"
+    config.write_text('[sanitise]\nentities = ["EMAIL"]\ncustom = { TICKET = "T-[0-9]{4}" }\n')
+    done = subprocess.run([*SLM, "sanitise", "--config", str(config), "--json"],
+                          input="T-1234 from 203.0.113.9 bob@example.com", capture_output=True,
+                          text=True, timeout=60)
+    assert [e["type"] for e in json.loads(done.stdout)["entities"]] == ["TICKET", "EMAIL"]
+    bad = subprocess.run([*SLM, "sanitise"], input=b"\xff\xfe", capture_output=True,
+                         timeout=60)
+    assert bad.returncode == 2 and b"UTF-8" in bad.stderr

@@ -76,7 +76,9 @@ def test_doc_lists_every_setting():
     doc = settings_doc()
     for field in Settings.__dataclass_fields__.values():
         key = field.metadata["key"] or field.name
-        assert f"`{field.metadata['section']}.{key}`" in doc
+        name = f"[[{field.metadata['section']}]]" if key == "*" else (
+            f"{field.metadata['section']}.{key}")
+        assert f"`{name}`" in doc
 
 
 def test_readme_settings_table_is_current():

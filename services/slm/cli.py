@@ -1,4 +1,5 @@
-"""The ``slm`` command: ``serve`` the Doorman, audit its ``ledger``, inspect ``config``.
+"""The ``slm`` command: ``serve`` the Doorman, audit its ``ledger``, ``plan`` memory,
+``sanitise`` text, inspect ``config``.
 
 Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use,
 broken ledger chain), 2 invalid configuration or usage, or a ledger file that cannot be
@@ -74,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--budget", type=float, metavar="MB",
                       help="also answer the largest context that fits this budget")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sanitise = sub.add_parser(
+        "sanitise", help="redact PII and secrets from stdin (what tier B / C would receive)")
+    sanitise.add_argument("--json", action="store_true",
+                          help='print {"text", "entities": [{"type", "start", "end"}]} with '
+                          "offsets into the input")
+    sanitise.add_argument("--config", type=Path, default=None,
+                          help="TOML config file (its [sanitise] section is used)")
 
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
@@ -175,6 +184,25 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sanitise(args: argparse.Namespace) -> int:
+    from slm.sanitise.vault import Vault
+
+    detector = load_settings(args.config).detector()
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"stdin is not UTF-8 text (byte {exc.start})") from None
+    if args.json:
+        spans = detector.find(text)
+        redacted = Vault(detector).replace(text, spans)
+        print(json.dumps({"text": redacted, "entities": [
+            {"type": s.type, "start": s.start, "end": s.end} for s in spans]},
+            ensure_ascii=False))
+    else:
+        sys.stdout.write(Vault(detector).redact(text))
+    return 0
+
+
 def _config(args: argparse.Namespace) -> int:
     if args.action == "doc":
         print(settings_doc())
@@ -194,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             return _ledger(args)
         if args.command == "plan":
             return _plan(args)
+        if args.command == "sanitise":
+            return _sanitise(args)
         return _config(args)
     except ConfigError as exc:
         print(f"slm: config error: {exc.one_line()}", file=sys.stderr)

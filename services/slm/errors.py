@@ -159,3 +159,62 @@ class InternalError(RequestError):
     status = 500
     type = "server_error"
     code = "internal_error"
+
+
+class UpstreamError(RequestError):
+    """A tier B / C upstream failed (502); ``retryable`` errors are retried, then the
+    request falls back to the next tier."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    retryable = True
+
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None,
+        retryable: bool | None = None, status: int | None = None,
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after_s = retry_after_s
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class UpstreamTimeout(UpstreamError):
+    """An upstream did not connect, answer or finish in time (504)."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """An upstream's circuit breaker is open or its health check fails (503)."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """An upstream kept answering 429 (429, with its Retry-After)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+
+class UpstreamRejected(UpstreamError):
+    """An upstream refused the request itself (its 4xx status and message, not retried)."""
+
+    code = "upstream_rejected"
+    retryable = False
+
+
+class UpstreamNotAllowed(UpstreamError):
+    """A request or a redirect points at a host outside the tier C allowlist (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "upstream_not_allowed"
+    retryable = False

@@ -73,6 +73,32 @@ class Metrics:
             registry=r,
         )
 
+        self.answered_by = Counter(
+            "slm_answered_by_tier", "Answered requests by the tier that answered",
+            ["tier"], registry=r,
+        )
+        self.entities = Counter(
+            "slm_sanitised_entities", "Entities replaced by placeholders, by type",
+            ["type"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "slm_upstream_breaker_state",
+            "Circuit breaker of each upstream: 0 closed, 1 open, 2 half-open",
+            ["upstream"], registry=r,
+        )
+        self.upstream_healthy = Gauge(
+            "slm_upstream_healthy", "1 while an upstream passes its health check (or has "
+            "none)", ["upstream"], registry=r,
+        )
+        self.upstream_requests = Counter(
+            "slm_upstream_requests", "Upstream call attempts by outcome",
+            ["upstream", "outcome"], registry=r,
+        )
+        self.upstream_retries = Counter(
+            "slm_upstream_retries", "Upstream call attempts that were retried",
+            ["upstream"], registry=r,
+        )
+
     def track_queue(self, waiting: Callable[[], int], processing: Callable[[], int]) -> None:
         """Read queue figures at scrape time instead of tracking every change."""
         self.queue_depth.set_function(waiting)

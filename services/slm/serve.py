@@ -129,7 +129,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     server = _Server(
         uvicorn.Config(
             create_app(doorman), host=settings.host, port=settings.port, log_config=None,
-            access_log=False, lifespan="off", server_header=False,
+            access_log=False, lifespan="on", server_header=False,
             # ours ends the requests at shutdown_grace_s; uvicorn's is only a backstop
             timeout_graceful_shutdown=settings.shutdown_grace_s + 5,
         )

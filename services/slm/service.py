@@ -25,6 +25,7 @@ from slm.errors import (
 from slm.ledger import Ledger
 from slm.metrics import Metrics
 from slm.model_file import ModelFile
+from slm.router import Router
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
 from slm.settings import Settings, environment_threads
 
@@ -57,6 +58,8 @@ class Doorman:
         self.metrics = Metrics()
         self.metrics.memory_rss.set_function(resident_bytes)
         self.metrics.memory_budget.set(self.memory_budget)
+        self.detector = settings.detector()
+        self.router = Router(settings, self.model_id, self.metrics)
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
         self.load_error: SlmError | None = None

@@ -9,6 +9,7 @@ the README. Add an option in one place: a new field here.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import tomllib
@@ -18,7 +19,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from slm.errors import ConfigError
+from slm.sanitise.detectors import ENTITY_TYPES, Detector, DetectorError
+from slm.upstream_config import UpstreamConfig, parse_upstreams
 
 DEFAULT_CONFIG_PATH = Path("/etc/slm/slm.toml")
 
@@ -51,8 +56,8 @@ def _setting(
     help, validator and CLI exposure (the flag is always ``--field-name``)."""
     meta = {"section": section, "help": help, "check": check, "cli": cli, "secret": secret,
             "key": key}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: copy.copy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -157,6 +162,46 @@ class Settings:
     replica_sync_interval_s: float = _setting(
         "ledger", 1.0, "How often Litestream ships new ledger pages.", check=_at_least(0.1),
     )
+    # [router]
+    overflow_to_b: bool = _setting(
+        "router", True, "Prompts too long for tier A's context go to tier B instead of "
+        "failing (when a tier B upstream is configured).",
+    )
+    fallback_to_b: bool = _setting(
+        "router", True, "Requests tier A cannot take now (queue full, still loading, over "
+        "the memory budget) go to tier B (when one is configured).",
+    )
+    upstream_health_interval_s: float = _setting(
+        "router", 10.0, "How often upstreams with a `health_path` are probed; an unhealthy "
+        "one is skipped until it answers again.", key="health_interval_s",
+        check=_at_least(0.1),
+    )
+    max_retry_after_s: float = _setting(
+        "router", 30.0, "Longest upstream `Retry-After` honoured by a retry; longer waits "
+        "fail over instead.", check=_at_least(0),
+    )
+    upstreams: tuple[UpstreamConfig, ...] = _setting(
+        "upstream", (), "Tier B / C upstreams, one `[[upstream]]` table each: `name`, `tier` "
+        "(B or C), `url` (OpenAI base URL), `models` (names clients send), `model` (name "
+        "sent upstream), `key_file`, `health_path`, `connect_timeout_s` (3), "
+        "`first_byte_timeout_s` (60), `total_timeout_s` (300), `max_retries` (2), "
+        "`breaker_failures` (5), `breaker_cooldown_s` (30), `fallback` (upstream names or "
+        "`A`). Tier C hosts not listed here are never contacted.", cli=False, key="*",
+    )
+    # [sanitise]
+    sanitise_entities: list[str] = _setting(
+        "sanitise", list(ENTITY_TYPES), "Entity types replaced by placeholders before a "
+        "request leaves the box.", key="entities", cli=False,
+    )
+    sanitise_phone_regions: list[str] = _setting(
+        "sanitise", ["US", "GB", "DE", "FR"], "Regions whose national phone number formats "
+        "are recognised (international `+` numbers always are).", key="phone_regions",
+        cli=False,
+    )
+    sanitise_custom: dict[str, str] = _setting(
+        "sanitise", {}, "Extra entity types: `{ NAME = \"regex\" }` (the whole match, or "
+        "its one capturing group, is replaced).", key="custom", cli=False,
+    )
     # [logging]
     log_level: str = _setting(
         "logging", "info", "Log level.", check=_one_of("debug", "info", "warning", "error")
@@ -165,12 +210,22 @@ class Settings:
         "logging", "json", "`json` (one object a line) or `text`.", check=_one_of("json", "text")
     )
 
+    def detector(self) -> Detector:
+        """The sanitiser's detector for these settings (ConfigError when they are bad)."""
+        try:
+            return Detector(self.sanitise_entities, phone_regions=self.sanitise_phone_regions,
+                            custom=self.sanitise_custom)
+        except DetectorError as exc:
+            raise ConfigError(f"sanitise: {exc.message}") from None
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for logs and `slm config show`."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = ["***"] * len(value) if f.metadata["secret"] and value else value
+            if f.metadata["secret"] and value:
+                value = ["***"] * len(value)
+            out[f.name] = msgspec.to_builtins(value)
         return out
 
 
@@ -180,6 +235,8 @@ def _fields() -> tuple[dataclasses.Field[Any], ...]:
 
 def _toml_key(f: dataclasses.Field[Any]) -> str:
     """``section.key`` of a setting in the TOML file."""
+    if f.metadata["key"] == "*":
+        return f"[[{f.metadata['section']}]]"
     return f"{f.metadata['section']}.{f.metadata['key'] or f.name}"
 
 
@@ -190,13 +247,14 @@ def _base_type(field_name: str) -> tuple[type, bool]:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return args[0], type(None) in typing.get_args(hint)
-    if origin is list:
-        return list, False
+    if origin in (list, dict, tuple):
+        return origin, False
     return hint, False
 
 
 def _type_name(kind: type) -> str:
-    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list"}[kind]
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+            dict: "table", tuple: "array of tables"}[kind]
 
 
 def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
@@ -208,8 +266,12 @@ def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is tuple:
+        return parse_upstreams(value)
     if kind is list and ok and not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of strings")
+    if kind is dict and ok and not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{key}: expected a table of strings")
     if not ok:
         raise ConfigError(f"{key}: expected {_type_name(kind)}, got {type(value).__name__}")
     return value
@@ -233,6 +295,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     for section, table in doc.items():
         if section not in by_section:
             raise ConfigError(f"{path}: unknown section [{section}]")
+        if "*" in by_section[section]:  # an array of tables, taken whole
+            flat[by_section[section]["*"].name] = table
+            continue
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: '{section}' must be a table ([{section}])")
         for key, value in table.items():
@@ -265,7 +330,9 @@ def load_settings(
         if problem:
             raise ConfigError(f"{key}: {problem} (got {value!r})")
         checked[f.name] = value
-    return Settings(**checked)
+    settings = Settings(**checked)
+    settings.detector()  # refuse a bad entity, region or pattern at start
+    return settings
 
 
 def load_api_keys(settings: Settings) -> list[str]:
@@ -320,6 +387,8 @@ def settings_doc() -> str:
     for f in _fields():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-") if f.metadata["cli"] else "(file only)"
+        if isinstance(default, tuple):
+            default = []
         rows.append(
             f"| `{_toml_key(f)}` | `{flag}` | `{default!r}` | {f.metadata['help']} |"
         )

@@ -9,6 +9,7 @@ stream or collect. A client that disconnects cancels its job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -36,10 +38,21 @@ from slm.errors import (
     InternalError,
     InvalidRequest,
     LedgerUnavailable,
+    MemoryBudgetExceeded,
     NotFound,
+    NotReady,
+    QueueFull,
     RequestError,
+    UpstreamError,
 )
 from slm.ledger import LedgerError
+from slm.router import Target
+from slm.sanitise.payload import (
+    StreamedResponseRehydrator,
+    redact_request,
+    rehydrate_response,
+)
+from slm.sanitise.vault import Vault
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler, TextEvent
 from slm.service import Doorman
 
@@ -49,6 +62,10 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 # Endpoints whose every request leaves a record in the audit ledger.
 AUDITED = frozenset({"chat", "completions", "embeddings"})
+# Tier A failures that mean "not now" rather than "not this request": tier B may take over.
+TIER_A_BUSY = (QueueFull, NotReady, MemoryBudgetExceeded)
+# Bodies above this size are sanitised on a worker thread, off the event loop.
+SANITISE_INLINE_BYTES = 16 * 1024
 
 
 class ClientGone(Exception):
@@ -79,6 +96,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
 async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientGone."""
+    task = asyncio.ensure_future(work)
+    disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, disconnected},
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnected.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with anyio.CancelScope(shield=True):
+        await asyncio.gather(task, return_exceptions=True)  # let it close its connection
+    raise ClientGone()
 
 
 async def _next_event(job: Job, disconnected: asyncio.Task[None]) -> Event:
@@ -152,8 +186,10 @@ class DoormanAPI:
         state, fields = request.state, request.state.log
         store_prompt = self.d.settings.ledger_store_prompt
         return {
-            "request_id": state.request_id, "endpoint": endpoint, "tier": "A",
-            "model": self.d.model_id, "model_sha256": self.d.model_file.sha256,
+            "request_id": state.request_id, "endpoint": endpoint,
+            "tier": state.audit.get("tier", "A"),
+            "model": state.audit.get("model", self.d.model_id),
+            "model_sha256": state.audit.get("model_sha256", self.d.model_file.sha256),
             "status": status, "error_code": error_code,
             "finish_reason": fields.get("finish_reason"),
             "prompt_tokens": fields.get("prompt_tokens"),
@@ -299,11 +335,20 @@ class DoormanAPI:
             },
         }
 
+    def _upstream_card(self, name: str) -> dict[str, Any]:
+        up = self.d.router.by_model[name]
+        return {"id": name, "object": "model", "created": int(self.d.started_at),
+                "owned_by": f"tier-{up.tier.lower()}:{up.name}"}
+
     async def models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [self._model_card()]})
+        cards = [self._model_card()] + [self._upstream_card(n) for n in self.d.router.by_model]
+        return JSONResponse({"object": "list", "data": cards})
 
     async def model(self, request: Request) -> Response:
-        self._check_model(request.path_params["model"])
+        name = request.path_params["model"]
+        if name in self.d.router.by_model:
+            return JSONResponse(self._upstream_card(name))
+        self._check_model(name)
         return JSONResponse(self._model_card())
 
     # -- completions --------------------------------------------------------------------
@@ -343,47 +388,239 @@ class DoormanAPI:
     async def chat_completions(self, request: Request) -> Response:
         body = await _read_body(request, self.d.settings.max_body_bytes)
         req = schemas.decode(body, schemas.ChatCompletionRequest)
-        schemas.check_sampling(req)
-        if req.tools:
-            raise schemas.Unsupported("tools are not supported by this model server",
-                                      param="tools")
-        self._check_model(req.model)
-        engine, _ = self.d.require_engine()
+        targets = self.d.router.targets(req.model)
         messages = schemas.chat_messages(req.messages)
-        self._note_prompt(request, messages)
-        grammar = schemas.grammar_for(req.response_format)
-        if grammar is not None:
-            engine.check_grammar(grammar)
-        prompt = engine.chat_prompt(messages)
-        wanted = req.max_completion_tokens if req.max_completion_tokens is not None else (
-            req.max_tokens)
-        max_tokens = self._context_check(engine, prompt, wanted)
-        params = self._sampling(engine, req, max_tokens, grammar)
-        return await self._run(request, req, prompt, params, chat=True)
+        redacted, vault = await self._sanitise(request, body, "messages")
+
+        async def tier_a() -> Response:
+            schemas.check_sampling(req)
+            if req.tools:
+                raise schemas.Unsupported("tools are not supported by this model server",
+                                          param="tools")
+            engine, _ = self.d.require_engine()
+            grammar = schemas.grammar_for(req.response_format)
+            if grammar is not None:
+                engine.check_grammar(grammar)
+            prompt = engine.chat_prompt(messages)
+            wanted = req.max_completion_tokens if req.max_completion_tokens is not None else (
+                req.max_tokens)
+            max_tokens = self._context_check(engine, prompt, wanted)
+            params = self._sampling(engine, req, max_tokens, grammar)
+            return await self._run(request, req, prompt, params, chat=True)
+
+        return await self._route(request, targets, tier_a, redacted, vault,
+                                 chat=True, stream=bool(req.stream))
 
     async def completions(self, request: Request) -> Response:
         body = await _read_body(request, self.d.settings.max_body_bytes)
         req = schemas.decode(body, schemas.CompletionRequest)
-        schemas.check_sampling(req)
-        if req.echo:
-            raise schemas.Unsupported("echo is not supported", param="echo")
-        if req.suffix:
-            raise schemas.Unsupported("suffix is not supported", param="suffix")
-        if req.best_of not in (None, 1):
-            raise schemas.Unsupported("only best_of=1 is supported", param="best_of")
-        self._check_model(req.model)
-        engine, _ = self.d.require_engine()
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if len(prompts) != 1:
-            raise schemas.Unsupported("exactly one prompt per request is supported",
-                                      param="prompt")
-        self._note_prompt(request, prompts[0])
-        prompt = engine.tokenize(prompts[0], add_special=True)
-        if not prompt:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
-        max_tokens = self._context_check(engine, prompt, req.max_tokens or 16)
-        params = self._sampling(engine, req, max_tokens, None)
-        return await self._run(request, req, prompt, params, chat=False)
+        targets = self.d.router.targets(req.model)
+        redacted, vault = await self._sanitise(request, body, "prompt")
+
+        async def tier_a() -> Response:
+            schemas.check_sampling(req)
+            if req.echo:
+                raise schemas.Unsupported("echo is not supported", param="echo")
+            if req.suffix:
+                raise schemas.Unsupported("suffix is not supported", param="suffix")
+            if req.best_of not in (None, 1):
+                raise schemas.Unsupported("only best_of=1 is supported", param="best_of")
+            engine, _ = self.d.require_engine()
+            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            if len(prompts) != 1:
+                raise schemas.Unsupported("exactly one prompt per request is supported",
+                                          param="prompt")
+            prompt = engine.tokenize(prompts[0], add_special=True)
+            if not prompt:
+                raise InvalidRequest("prompt must not be empty", param="prompt")
+            max_tokens = self._context_check(engine, prompt, req.max_tokens or 16)
+            params = self._sampling(engine, req, max_tokens, None)
+            return await self._run(request, req, prompt, params, chat=False)
+
+        return await self._route(request, targets, tier_a, redacted, vault,
+                                 chat=False, stream=bool(req.stream))
+
+    # -- sanitise → route → rehydrate -------------------------------------------------------
+
+    async def _sanitise(
+        self, request: Request, body: bytes, field: str
+    ) -> tuple[dict[str, Any], Vault]:
+        """The request body with its PII and secrets replaced by placeholders, and the
+        request's own vault (which never leaves this request). The ledger gets the
+        sanitised prompt's hash (and text, if stored) and the entity types found."""
+        raw = schemas.decode_object(body)
+        vault = Vault(self.d.detector)
+        if len(body) > SANITISE_INLINE_BYTES:
+            redacted = await asyncio.to_thread(redact_request, raw, vault)
+        else:
+            redacted = redact_request(raw, vault)
+        prompt = redacted.get(field)
+        if field == "prompt" and isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        self._note_prompt(request, prompt)
+        request.state.audit["entities"] = vault.entity_types
+        for kind, count in vault.counts.items():
+            self.d.metrics.entities.labels(kind).inc(count)
+        return redacted, vault
+
+    async def _route(
+        self, request: Request, targets: list[Target], tier_a: Callable[[], Awaitable[Response]],
+        redacted: dict[str, Any], vault: Vault, *, chat: bool, stream: bool,
+    ) -> Response:
+        """Serve from the first target that can; tier A hands over to tier B on overflow
+        or when busy (per the router settings), upstreams to their fallbacks. When every
+        target fails, the first target's error is raised (naming the others')."""
+        first_error: RequestError | None = None
+        for i, target in enumerate(targets):
+            more = i + 1 < len(targets)
+            self._answering(request, target)
+            try:
+                if target.tier == "A":
+                    response = await tier_a()
+                else:
+                    response = await self._remote(request, target, redacted, vault,
+                                                  chat=chat, stream=stream)
+            except RequestError as exc:
+                if first_error is None:
+                    first_error = exc
+                else:
+                    first_error.message += f"; {target.label} failed too: {exc.message}"
+                if not (more and self._may_hand_over(exc, first=i == 0)):
+                    self._answering(request, targets[0])
+                    raise first_error from None
+                log.info("handing over", extra={
+                    "request_id": request.state.request_id, "from": target.label,
+                    "to": targets[i + 1].label, "error": exc.code})
+                continue
+            response.headers["X-Slm-Tier"] = target.tier
+            if target.upstream is not None:
+                response.headers["X-Slm-Upstream"] = target.upstream.name
+            if response.status_code < 400:
+                self.d.metrics.answered_by.labels(target.tier).inc()
+            return response
+        raise AssertionError("a route always has a target")
+
+    def _may_hand_over(self, exc: RequestError, *, first: bool) -> bool:
+        """Whether the next target may try after ``exc``. Tier A as first choice hands
+        over on overflow / when busy (per the router settings); an upstream, and tier A as
+        a fallback, when the failure was not the request's own fault."""
+        settings = self.d.settings
+        if first and not isinstance(exc, UpstreamError):
+            return ((isinstance(exc, ContextLengthExceeded) and settings.overflow_to_b)
+                    or (isinstance(exc, TIER_A_BUSY) and settings.fallback_to_b))
+        return isinstance(exc, TIER_A_BUSY) or (
+            isinstance(exc, UpstreamError) and exc.retryable)
+
+    def _answering(self, request: Request, target: Target) -> None:
+        """Record (for the ledger and log) which tier is serving the request now."""
+        audit = request.state.audit
+        audit["tier"] = target.tier
+        audit["model"] = target.model
+        audit["model_sha256"] = self.d.model_file.sha256 if target.tier == "A" else None
+        request.state.log["tier"] = target.label
+
+    async def _remote(
+        self, request: Request, target: Target, redacted: dict[str, Any], vault: Vault,
+        *, chat: bool, stream: bool,
+    ) -> Response:
+        """Forward the sanitised request to a tier B / C upstream; rehydrate its answer."""
+        up = target.upstream
+        assert up is not None
+        state = request.state
+        deadline = state.started + self.d.settings.request_timeout_s
+        path = "/chat/completions" if chat else "/completions"
+        opened = await _unless_disconnected(request, self.d.router.open(
+            target, path, redacted, deadline=deadline, request_id=state.request_id))
+        if not stream:
+            obj = await _unless_disconnected(request, up.read_json(opened, deadline=deadline))
+            if not isinstance(obj, dict):
+                raise UpstreamError(f"upstream {up.name!r} answered a non-object")
+            self._note_usage(request, obj)
+            return JSONResponse(rehydrate_response(obj, vault))
+        events = up.events(opened, deadline=deadline)
+        try:  # the first event before the status line: a failure can still fall back
+            first = await _unless_disconnected(request, anext(events))
+        except StopAsyncIteration:
+            raise UpstreamError(f"upstream {up.name!r} ended its stream at once") from None
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await events.aclose()
+            raise
+        state.log["streaming"] = True
+        endpoint = "chat" if chat else "completions"
+
+        async def cleanup() -> None:
+            await events.aclose()
+            self._audit_nowait(request, endpoint, 499, "client_closed_request")
+
+        return _RelayStreamingResponse(
+            cleanup, self._relay(request, endpoint, events, first, vault, chat=chat),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @staticmethod
+    def _note_usage(request: Request, obj: dict[str, Any]) -> None:
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            request.state.log.update(prompt_tokens=usage.get("prompt_tokens"),
+                                     completion_tokens=usage.get("completion_tokens"))
+        choices = obj.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+            if reason is not None:
+                request.state.log["finish_reason"] = reason
+
+    async def _relay(
+        self, request: Request, endpoint: str, events: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any], vault: Vault, *, chat: bool,
+    ) -> AsyncIterator[bytes]:
+        """Pass an upstream's stream through, one chunk out per chunk in, rehydrated."""
+        log_fields = request.state.log
+        log_fields.update(request_id=request.state.request_id, status=200)
+        rehydrator = StreamedResponseRehydrator(vault)
+        ended = False
+        obj: dict[str, Any] | None = first
+        try:
+            try:
+                while obj is not None:
+                    if "error" in obj and not obj.get("choices"):
+                        raise UpstreamError(f"upstream failed mid-stream: {obj['error']}")
+                    self._note_usage(request, obj)
+                    yield _sse(rehydrator.chunk(obj))
+                    obj = await anext(events, None)
+            except UpstreamError as exc:
+                log_fields["error"] = exc.code
+                self._audit_nowait(request, endpoint, exc.status, exc.code)
+                ended = True
+                yield _sse({"error": {"message": vault.rehydrate(exc.message),
+                                      "type": exc.type, "param": None, "code": exc.code}})
+                return
+            for index, rest in rehydrator.leftovers().items():  # the stream had no finish
+                text: dict[str, Any] = {"delta": {"content": rest}} if chat else {"text": rest}
+                yield _sse({"object": "chat.completion.chunk" if chat else "text_completion",
+                            "choices": [{"index": index, **text, "finish_reason": None}]})
+            try:  # [DONE] acknowledges the answer: only once its record is durable
+                await self._audit(request, endpoint, 200)
+            except LedgerUnavailable as exc:
+                ended = True
+                yield _sse({"error": {"message": exc.message, "type": exc.type,
+                                      "param": None, "code": exc.code}})
+                return
+            ended = True
+            yield b"data: [DONE]\n\n"
+        finally:
+            if not ended:
+                log_fields["cancelled"] = True
+                self._audit_nowait(request, endpoint, 499, "client_closed_request")
+            with anyio.CancelScope(shield=True):
+                await events.aclose()  # type: ignore[attr-defined]
+            log_fields.pop("streaming", None)
+            log.info("request", extra={
+                "endpoint": endpoint,
+                "ms": round((time.monotonic() - request.state.started) * 1000, 1),
+                **log_fields,
+            })
 
     async def _run(
         self, request: Request, req: schemas._Sampling, prompt: list[int],
@@ -572,6 +809,26 @@ class _JobStreamingResponse(StreamingResponse):
             self._on_end()  # records the request unless the stream already did
 
 
+class _RelayStreamingResponse(StreamingResponse):
+    """A relayed upstream stream whose upstream connection is closed however it ends, even
+    if the client left before the first chunk."""
+
+    def __init__(
+        self, cleanup: Callable[[], Awaitable[None]], *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            log.info("relayed stream cut at shutdown")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._cleanup()
+
+
 class _Reply:
     """Builds the response objects of one completion (ids and timestamps fixed once)."""
 
@@ -657,7 +914,16 @@ def create_app(doorman: Doorman) -> Starlette:
         log.exception("unhandled error", exc_info=exc)
         return http_error_response(500, "internal server error")
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        doorman.router.start()
+        try:
+            yield
+        finally:
+            await doorman.router.aclose()
+
     return Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_exception, Exception: server_error},
+        lifespan=lifespan,
     )

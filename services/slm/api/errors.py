@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.responses import JSONResponse
 
-from slm.errors import QueueFull, RequestError
+from slm.errors import QueueFull, RequestError, UpstreamRateLimited
 
 _HTTP_STATUS_TYPES = {
     400: "invalid_request_error",
@@ -31,6 +33,8 @@ def error_response(exc: RequestError, request_id: str | None = None) -> JSONResp
     headers = {"X-Request-Id": request_id} if request_id else {}
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, UpstreamRateLimited) and exc.retry_after_s is not None:
+        headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
     body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
     return JSONResponse(body, status_code=exc.status, headers=headers)
 

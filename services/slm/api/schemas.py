@@ -107,6 +107,15 @@ def decode(body: bytes, kind: type[msgspec.Struct]) -> Any:
         raise InvalidRequest("request body is nested too deeply") from None
 
 
+def decode_object(body: bytes) -> dict[str, Any]:
+    """The body as a plain JSON object (what is forwarded to tier B / C, unknown fields
+    included); call after :func:`decode` has validated it."""
+    obj = msgspec.json.decode(body)
+    if not isinstance(obj, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return obj
+
+
 def _range(name: str, value: float | None, low: float, high: float) -> None:
     if value is not None and not (low <= value <= high):
         raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}", param=name)

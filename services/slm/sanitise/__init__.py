@@ -1,0 +1,1 @@
+"""PII and secret redaction (sanitise) and restoring originals (rehydrate)."""
