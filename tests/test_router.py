@@ -319,6 +319,23 @@ def test_prompt_over_tier_a_context_overflows_to_tier_b(start_server, tiny_model
     assert headers["x-slm-tier"] == "B" and len(deltas) >= 1
 
 
+def test_busy_tier_a_hands_over_to_tier_b(start_server, tiny_model):
+    tier_b = start_server(tiny_model)
+    server = start_server(tiny_model, "[server]\nqueue_depth = 1\n" + upstream_table(
+        "gpu", tier_b.base + "/v1", tier="B", models="burst", model=TINY_ID))
+    url = server.base + "/v1/chat/completions"
+    long = {"model": TINY_ID, "messages": [{"role": "user", "content": "go"}],
+            "max_tokens": 3000, "logit_bias": EOG_BIAS}
+    with httpx.Client(timeout=60) as c, c.stream("POST", url, json={**long, "stream": True}):
+        waiting = threading.Thread(target=lambda: httpx.post(url, json=long, timeout=120))
+        waiting.start()  # the queue's one place
+        wait_for(lambda: server.metric("slm_queue_depth") == 1)
+        r = chat(server, "hi", model=TINY_ID, max_tokens=2, logit_bias=EOG_BIAS)
+        assert r.status_code == 200 and r.headers["x-slm-tier"] == "B"
+    waiting.join(120)
+    assert server.metric('slm_answered_by_tier_total{tier="B"}') == 1
+
+
 def test_overflow_without_tier_b_is_a_context_error(start_server, tiny_model):
     server = start_server(tiny_model, "[model]\nctx = 64\n")
     r = chat(server, "word " * 100, model=TINY_ID)
