@@ -24,10 +24,12 @@ test *ARGS: setup
 lint: setup
     {{bin}}/ruff check services policy tests
 
-# speed and memory figures: the default model against llama.cpp's llama-bench, and the ledger
+# speed and memory figures: the default model against llama.cpp's llama-bench, the ledger,
+# and the sanitiser (precision/recall on the labelled corpus, MB/s)
 bench: setup
     {{bin}}/python tests/bench/bench.py
     {{bin}}/python tests/bench/bench_ledger.py
+    {{bin}}/python tests/bench/bench_sanitise.py
 
 # the license gate over exactly what ships (build/out/ship-venv): table, JSON report, SBOM
 licenses: setup

@@ -90,11 +90,11 @@ def _find_email(text: str) -> Iterator[tuple[int, int]]:
 # The "not preceded by" check sits after the first digit: a pattern that starts with a
 # character set lets the regex engine skip ahead quickly (about 2.5x faster than a lookbehind).
 _CARD = re.compile(
-    r"[0-9](?<![\w-][0-9])(?:"
+    r"[0-9](?<![\w-][0-9])(?<![0-9][.,][0-9])(?:"
     r"[0-9]{12,18}"
     r"|[0-9]{3}(?P<s1>[ -])[0-9]{4}(?P=s1)[0-9]{4}(?P=s1)[0-9]{4}(?:(?P=s1)[0-9]{1,3})?"
     r"|[0-9]{3}(?P<s2>[ -])[0-9]{6}(?P=s2)[0-9]{4,5}"
-    r")(?![\w]|-[0-9])"
+    r")(?![\w]|-[0-9]|[.,][0-9])"
 )
 
 
@@ -112,12 +112,32 @@ def validate_luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+# Issuer prefix ranges and lengths of the major networks (Visa, Mastercard incl. 2-series,
+# Amex, Diners, JCB, Discover, UnionPay, Maestro 5x/6x): a Luhn-valid timestamp such as
+# 20100314204946 or an order number outside these is not a card.
+_CARD_BRANDS: tuple[tuple[int, int, frozenset[int]], ...] = (
+    (4, 4, frozenset({13, 16, 19})),  # Visa
+    (51, 55, frozenset({16})), (2221, 2720, frozenset({16})),  # Mastercard
+    (34, 34, frozenset({15})), (37, 37, frozenset({15})),  # Amex
+    (300, 305, frozenset(range(14, 20))), (36, 36, frozenset(range(14, 20))),  # Diners
+    (38, 39, frozenset(range(14, 20))), (3095, 3095, frozenset(range(14, 20))),
+    (3528, 3589, frozenset(range(16, 20))),  # JCB
+    (50, 50, frozenset(range(12, 20))), (56, 69, frozenset(range(12, 20))),  # Maestro,
+)  # Discover (6011, 644-649, 65), UnionPay (62): all inside 56-69
+
+
+def _card_brand_ok(digits: str) -> bool:
+    for low, high, lengths in _CARD_BRANDS:
+        prefix = int(digits[:len(str(low))])
+        if low <= prefix <= high and len(digits) in lengths:
+            return True
+    return False
+
+
 def _find_card(text: str) -> Iterator[tuple[int, int]]:
     for m in _CARD.finditer(text):
         digits = m.group().replace(" ", "").replace("-", "")
-        # Major industry identifier 2-6 (Mastercard 2/5, Amex/Diners/JCB 3, Visa 4, Discover/
-        # UnionPay/Maestro 5-6): drops Luhn-valid order numbers and all-zero runs.
-        if digits[0] in "23456" and validate_luhn(digits):
+        if _card_brand_ok(digits) and validate_luhn(digits):
             yield m.span()
 
 
@@ -190,38 +210,73 @@ _IPV6 = re.compile(
 )
 
 
+_HEX_COLON = frozenset(string.hexdigits + ":")
+_HEX_COLON_RUN = re.compile(r"[0-9A-Fa-f:]*")
+_IPV6_SEPARATORS = re.compile(r"[:.]")
+# "section 4.2.3.1", "§4.2.3.2", "version 1.2.3.4": numbering, not an address
+_IPV4_NOT_AFTER = re.compile(
+    r"(?i:§|\b(?:section|sect?\.|chapter|clause|para(?:graph)?|version|ver\.|v))[ \t]*\Z"
+)
+
+
 def _find_ip(text: str) -> Iterator[tuple[int, int]]:
     if "." in text:
         for m in _IPV4.finditer(text):
+            if _IPV4_NOT_AFTER.search(text, max(0, m.start() - 12), m.start()):
+                continue
             try:
                 ipaddress.IPv4Address(m.group())
             except ValueError:
                 continue
             yield m.span()
     if "::" in text or text.count(":") >= 7:  # every IPv6 address has one or the other
-        for m in _IPV6.finditer(text):
-            cand = m.group()
-            if not any(c not in ":" for c in cand):  # a bare "::" in prose
-                continue
-            try:
-                ipaddress.IPv6Address(cand)
-            except ValueError:
-                continue
+        yield from _find_ipv6(text)
+
+
+def _find_ipv6(text: str) -> Iterator[tuple[int, int]]:
+    """One attempt per hex/colon token holding a ":", at the token's start."""
+    colon = text.find(":")
+    while colon != -1:
+        start = colon
+        while start > 0 and colon - start <= 40 and text[start - 1] in _HEX_COLON:
+            start -= 1
+        end = _HEX_COLON_RUN.match(text, colon).end()
+        m = _IPV6.match(text, start) if colon - start <= 40 else None
+        if m and _valid_ipv6(m.group()):
             yield m.span()
+            end = max(end, m.end())
+        colon = text.find(":", end)
+
+
+def _valid_ipv6(cand: str) -> bool:
+    # "::" alone, and only one-digit groups ("::2", "1::2": Python slices a[::2], a[1::2]);
+    # the loopback "::1" is kept
+    if cand != "::1" and max(map(len, _IPV6_SEPARATORS.split(cand))) < 2:
+        return False
+    try:
+        ipaddress.IPv6Address(cand)
+    except ValueError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- MAC_ADDRESS
-_MAC = re.compile(
-    r"[0-9A-Fa-f](?<![\w:.-][0-9A-Fa-f])(?:"
-    r"[0-9A-Fa-f](?P<sep>[:-])(?:[0-9A-Fa-f]{2}(?P=sep)){4}[0-9A-Fa-f]{2}"
-    r"|[0-9A-Fa-f]{3}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}"
-    r")(?![\w]|[:.-][0-9A-Fa-f])"
+# Matches start at the first separator (rarer than hex letters, so the engine skips ahead
+# faster); the hex digits before it are checked by a lookbehind and added back by the finder.
+_MAC_COLON = re.compile(
+    r"(?P<sep>[:-])(?<=(?<![\w:.-])[0-9A-Fa-f]{2}[:-])"
+    r"(?:[0-9A-Fa-f]{2}(?P=sep)){4}[0-9A-Fa-f]{2}(?![\w]|[:.-][0-9A-Fa-f])"
+)
+_MAC_CISCO = re.compile(
+    r"\.(?<=(?<![\w:.-])[0-9A-Fa-f]{4}\.)[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![\w]|[:.-][0-9A-Fa-f])"
 )
 
 
 def _find_mac(text: str) -> Iterator[tuple[int, int]]:
-    for m in _MAC.finditer(text):
-        yield m.span()
+    for m in _MAC_COLON.finditer(text):
+        yield m.start() - 2, m.end()
+    for m in _MAC_CISCO.finditer(text):
+        yield m.start() - 4, m.end()
 
 
 # -------------------------------------------------------------------------------- US_SSN
@@ -397,8 +452,6 @@ _BEARER = re.compile(
     r"(?i:(?<![A-Za-z0-9])bearer)[ \t]+([A-Za-z0-9._~+/-]{16,}=*)(?![A-Za-z0-9._~+/=-])"
 )
 _HAS_DIGIT = re.compile(r"[0-9]")
-
-
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 
 
@@ -417,11 +470,13 @@ def _find_api_key(text: str) -> Iterator[tuple[int, int]]:
 
 # --------------------------------------------------------------------------- PRIVATE_KEY
 _PEM_BEGIN = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?)-----")
-# Body of a key whose END line is missing: header lines and base64 lines, separated by real
-# or JSON-escaped newlines. Possessive repeats: no backtracking.
+# Body of a key whose END line is missing: header lines ("Proc-Type: ...") and whole base64
+# lines, separated by real or JSON-escaped newlines; it stops at the first other line (a
+# trailing line that is one base64-looking word, "Regards", is taken too). Possessive
+# repeats: no backtracking.
 _PEM_BODY = re.compile(
     r"(?:(?:[ \t\r\n]|\\[nr])*+"
-    r"(?:[A-Za-z0-9+/]{16,}+={0,2}|[A-Za-z0-9+/]{1,15}+={1,2}|[A-Z][A-Za-z-]++: [^\r\n\\]*+))*+"
+    r"(?:[A-Za-z0-9+/]++={0,2}+(?=[ \t]*+(?:\r?\n|\\[nr]|\"|\Z))|[A-Z][A-Za-z-]++: [^\r\n\\]*+))*+"
 )
 
 
@@ -473,9 +528,9 @@ def _find_jwt(text: str) -> Iterator[tuple[int, int]]:
 # optional closing quote), then comes a quoted or bare value.
 _ASSIGN = re.compile(r":=|=>|=(?!=)|:(?![:/])")
 _KEY_BEFORE = re.compile(
-    r"(?i:password|passwd|passphrase"  # also glued: PGPASSWORD, MYSQLPASSWD
+    r"(?P<key>(?i:password|passwd|passphrase"  # also glued: PGPASSWORD, MYSQLPASSWD
     r"|(?<![A-Za-z0-9])(?:pwd|pass|client_secret|secret"
-    r"|(?:secret|access|private)[_-]?key|api[_-]?key|access_token|auth_token|token))"
+    r"|(?:secret|access|private)[_-]?key|api[_-]?key|access_token|auth_token|token)))"
     r"[\"']?[ \t]*\Z"
 )
 _KEY_LOOKBACK = 48
@@ -488,6 +543,8 @@ _VALUE = re.compile(
 _NOT_SECRETS = frozenset({
     "null", "none", "nil", "true", "false", "undefined", "empty", "redacted", "masked",
     "hidden", "omitted", "removed", "n/a", "[redacted]", "[filtered]",
+    # type annotations: "secret: bool = False", "token: string"
+    "bool", "boolean", "bytes", "float", "string", "number", "object", "optional",
 })
 _MASKED = re.compile(r"[*xX•#.\-_]+")
 _PLACEHOLDER = re.compile(
@@ -496,6 +553,8 @@ _PLACEHOLDER = re.compile(
 # self.password, os.environ, settings.DB_PASSWORD2: dotted identifiers (digits only at the end
 # of a part), so "ya29.a0AfH6SM..." still counts as a value.
 _CODE_REF = re.compile(r"[A-Za-z_]+[0-9]*(?:\.[A-Za-z_]+[0-9]*)+")
+# value_str, TOKEN_BLOCK_BEGIN: snake_case / CONSTANT_CASE names (letters only), not values
+_IDENTIFIER = re.compile(r"[a-z]+(?:_[a-z]+)+|[A-Z]+(?:_[A-Z]+)+")
 _QUERY_NEXT = re.compile(r"&[A-Za-z_][A-Za-z0-9_.\[\]-]*=")  # "&user=": the next query parameter
 _WORD_AFTER = re.compile(r"[ \t]+[A-Za-z]")
 
@@ -509,7 +568,9 @@ def _password_value_ok(value: str, bare: bool, text: str, end: int) -> bool:
     if "-----BEGIN " in value:  # a PEM block: PRIVATE_KEY reports it
         return False
     if bare:
-        if _CODE_REF.fullmatch(value) or text[end:end + 1] in ("(", "["):
+        if _CODE_REF.fullmatch(value) or _IDENTIFIER.fullmatch(value):
+            return False
+        if text[end:end + 1] in ("(", "["):
             return False
         if value.isalpha() and _WORD_AFTER.match(text, end):
             return False
@@ -521,7 +582,10 @@ def _find_password(text: str) -> Iterator[tuple[int, int]]:
         before = text[max(0, op.start() - 16):op.start()].rstrip(" \t\"'")
         if not before or before[-1] not in _KEY_LAST_CHARS:  # cheap: no key name ends here
             continue
-        if not _KEY_BEFORE.search(text, max(0, op.start() - _KEY_LOOKBACK), op.start()):
+        if op.group() == ":" and text[op.start() - 1:op.start()] in (" ", "\t"):
+            continue  # "pass :data:" - a colon after a space is prose, not "key: value"
+        key = _KEY_BEFORE.search(text, max(0, op.start() - _KEY_LOOKBACK), op.start())
+        if key is None:
             continue
         m = _VALUE.match(text, op.end())
         if m is None:
@@ -533,7 +597,10 @@ def _find_password(text: str) -> Iterator[tuple[int, int]]:
         at_break = end == len(text) or text[end].isspace()
         if group == "bare" and text[end - 1] == "." and at_break:
             end -= 1  # sentence punctuation after a bare value
-        if _password_value_ok(text[start:end], group == "bare", text, end):
+        value = text[start:end]
+        if group == "bare" and value.lower().endswith(key.group("key").lower()):
+            continue  # "self.bos_token = bos_token": a variable named like the key
+        if _password_value_ok(value, group == "bare", text, end):
             yield start, end
 
 
@@ -549,53 +616,79 @@ _PHONE_RUN = re.compile(
     r"(?![0-9])"
 )
 _PHONE_BLOCK = re.compile(r"[0-9]+")
-_WINDOW_BACK, _WINDOW_AHEAD, _WINDOW_MAX = 24, 32, 512
+# Runs the matcher would reject anyway, skipped before paying for it: a leading date
+# (2024-03-15, 15/01/2024, 03.15.24; the rest of the run is still considered), an SSN layout
+# (US_SSN decides) or a dotted quad (IP_ADDRESS decides).
+_DAY, _MONTH = r"(?:0?[1-9]|[12][0-9]|3[01])", r"(?:0?[1-9]|1[0-2])"
+_DATE_PREFIX = re.compile(
+    rf"(?:(?:19|20)[0-9]{{2}}(?P<a>[-/.]){_MONTH}(?P=a){_DAY}(?!(?P=a)?[0-9])"
+    rf"|{_DAY}(?P<b>[-/.]){_MONTH}(?P=b)(?:19|20)?[0-9]{{2}}(?!(?P=b)?[0-9])"
+    rf"|{_MONTH}(?P<c>[-/.]){_DAY}(?P=c)(?:19|20)?[0-9]{{2}}(?!(?P=c)?[0-9]))"
+    r"[ \t\u00a0().\-/]*"
+)
+_SKIP_RUN = re.compile(r"[0-9]{3}([- ])[0-9]{2}\1[0-9]{4}|[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+_LEAD_CHARS = "+([ \t"  # what may precede the digits inside a phone number: "+1", "(650)"
+_WINDOW_AHEAD = 24  # room for an extension (" ext. 1234") and the character after it
+
+
+def _is_card_run(text: str, start: int, end: int) -> bool:
+    if not _CARD.fullmatch(text, start, end):
+        return False
+    digits = text[start:end].replace(" ", "").replace("-", "")
+    return _card_brand_ok(digits) and validate_luhn(digits)
 
 
 def _phone_windows(text: str) -> list[tuple[int, int, bool]]:
-    """Windows around phone-like digit runs, cut at whitespace, overlapping ones merged.
+    """One window per plausible digit run: the run, its lead characters ("+", "(") and one
+    character of context before, and ``_WINDOW_AHEAD`` characters after.
 
-    The flag is True when every run in the window follows a "+": an international number
-    parses the same whatever the default region, so one region is enough.
+    Windows may overlap: a window cut inside the next run can only yield a shorter number
+    starting where that run's own window finds the whole one (the longer span wins). The
+    flag is True after a "+": an international number parses the same whatever the default
+    region, so one region is enough.
     """
     windows: list[tuple[int, int, bool]] = []
     for m in _PHONE_RUN.finditer(text):
-        blocks = _PHONE_BLOCK.findall(m.group())
+        run_start, run_end = m.span()
+        if date := _DATE_PREFIX.match(text, run_start, run_end):
+            run_start = date.end()
+        if run_start == run_end or _SKIP_RUN.fullmatch(text, run_start, run_end):
+            continue
+        blocks = _PHONE_BLOCK.findall(text, run_start, run_end)
         digits = sum(map(len, blocks))
         if not 7 <= digits <= 17 or sum(len(b) == 1 for b in blocks) > 2:
             continue
-        plus = m.start() > 0 and text[m.start() - 1] == "+"
-        lo = max(0, m.start() - _WINDOW_BACK)
-        start = max(text.rfind(" ", lo, m.start()), text.rfind("\n", lo, m.start())) + 1 or lo
-        hi = min(len(text), m.end() + _WINDOW_AHEAD)
-        end = hi if hi == len(text) else _cut_ahead(text, m.end(), hi)
-        if windows and start <= windows[-1][1] and end - windows[-1][0] <= _WINDOW_MAX:
-            last = windows[-1]
-            windows[-1] = (last[0], max(end, last[1]), last[2] and plus)
-        else:
-            windows.append((start, end, plus))
+        plus = run_start > 0 and text[run_start - 1] == "+"
+        if not plus and _is_card_run(text, run_start, run_end):
+            continue  # CREDIT_CARD's span would cover any phone number found inside it
+        start = run_start
+        while start > 0 and run_start - start < 3 and text[start - 1] in _LEAD_CHARS:
+            start -= 1
+        windows.append((max(0, start - 1), min(len(text), run_end + _WINDOW_AHEAD), plus))
     return windows
-
-
-def _cut_ahead(text: str, run_end: int, hi: int) -> int:
-    """End of the window: the last whitespace in ``(run_end, hi]``, else ``hi``."""
-    cut = max(text.rfind(" ", run_end + 1, hi), text.rfind("\n", run_end + 1, hi))
-    return cut if cut > run_end else hi
 
 
 # ddd-dd-dddd / ddd dd dddd is the SSN layout (US_SSN decides); libphonenumber's DE and FR
 # rules accept many such digit strings as national numbers.
 _SSN_SHAPE = re.compile(r"[0-9]{3}[- ][0-9]{2}[- ][0-9]{4}")
-_ID_JOINERS = "-_"
+_PHONE_CORE = re.compile(r"[^A-Za-z#;]*")
+_DECIMAL = re.compile(r"[(\[]*-?[0-9]+\.[0-9]+")  # 0.28613933, [-1.5: numbers, not phones
 
 
 def _not_a_phone(text: str, start: int, end: int) -> bool:
-    """SSN-shaped, or glued into a hyphenated identifier such as SN-2024-000123-XY."""
-    if _SSN_SHAPE.fullmatch(text, start, end):
+    """libphonenumber accepts these, but in running text they are something else."""
+    raw = text[start:end]
+    if _SSN_SHAPE.fullmatch(raw) or _DECIMAL.fullmatch(raw) or raw.lstrip("([").startswith("-"):
         return True
-    glued_before = start >= 2 and text[start - 1] in _ID_JOINERS and text[start - 2].isalnum()
-    glued_after = text[end:end + 1] in _ID_JOINERS and text[end + 1:end + 2].isalnum()
-    return glued_before or glued_after
+    core = _PHONE_CORE.match(raw).group().rstrip()  # without an extension ("ext. 123")
+    if "." in core and (" " in core or core.count(".") == 1):  # "0.5.25 20010319", "12.3456789"
+        return True
+    before, before2 = text[start - 1:start], text[start - 2:start - 1]
+    after, after2 = text[end:end + 1], text[end + 1:end + 2]
+    # glued into an identifier (SN-2024-000123-XY) or a decimal number (6.16484065)
+    if (before in "-_" and before2.isalnum()) or (after in "-_" and after2.isalnum()):
+        return True
+    return (before in ".," and before2.isdigit()) or (after in ".," and after2.isdigit())
 
 
 def _phone_finder(regions: Sequence[str]) -> Finder:
@@ -666,7 +759,12 @@ _BUILTIN_FINDERS: dict[str, Finder] = {
 
 
 class Detector:
-    """Finds entities of the configured types in text."""
+    """Finds entities of the configured types in text.
+
+    ``entities`` selects built-in types (custom names are accepted there too; custom patterns
+    are always on). ``custom`` maps a new entity name to a regex; its span is the whole match,
+    or group 1 when the pattern has exactly one capturing group.
+    """
 
     def __init__(
         self,
@@ -682,12 +780,13 @@ class Detector:
                 raise DetectorError(
                     f"unknown entity type {name!r}", hint=f"known: {', '.join(ENTITY_TYPES)}"
                 )
+        regions = _check_regions(phone_regions, required="PHONE" in wanted)
         self._finders: list[tuple[str, int, Finder]] = []
         for name in ENTITY_TYPES:
             if name not in wanted:
                 continue
             if name == "PHONE":
-                finder = _phone_finder(_check_regions(phone_regions))
+                finder = _phone_finder(regions)
             else:
                 finder = _BUILTIN_FINDERS[name]
             self._finders.append((name, _RANK[name], finder))
@@ -713,11 +812,12 @@ class Detector:
         return spans
 
 
-def _check_regions(regions: Sequence[str]) -> tuple[str, ...]:
+def _check_regions(regions: Sequence[str], *, required: bool) -> tuple[str, ...]:
+    """Upper-cased, de-duplicated region codes known to libphonenumber."""
     if isinstance(regions, str):
         regions = (regions,)
     checked = tuple(dict.fromkeys(str(r).upper() for r in regions))
-    if not checked:
+    if required and not checked:
         raise DetectorError("PHONE is enabled but phone_regions is empty",
                             hint="name at least one region, e.g. US")
     unknown = [r for r in checked if r not in phonenumbers.SUPPORTED_REGIONS]
