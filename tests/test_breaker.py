@@ -52,3 +52,25 @@ def test_failed_probe_opens_again_and_a_lost_probe_frees_its_slot():
     assert b.allow()  # a probe that never reports...
     clock.now += 10
     assert b.allow()  # ...does not block the breaker forever
+
+
+def test_a_probe_without_verdict_releases_its_slot_at_once():
+    clock = Clock()
+    b = CircuitBreaker(1, 10.0, clock)
+    b.record_failure()
+    clock.now += 10
+    assert b.allow() and not b.allow()
+    b.release()  # the probe's client went away
+    assert b.allow()
+
+
+def test_retry_after_forms():
+    import httpx
+    from slm.upstream import retry_after_seconds
+
+    assert retry_after_seconds(httpx.Headers({"retry-after": "1.5"})) == 1.5
+    assert retry_after_seconds(httpx.Headers({"retry-after-ms": "250",
+                                              "retry-after": "9"})) == 0.25
+    assert retry_after_seconds(httpx.Headers({"retry-after": "soon"})) is None
+    date = retry_after_seconds(httpx.Headers({"retry-after": "Sun, 06 Nov 1994 08:49:37 GMT"}))
+    assert date == 0.0

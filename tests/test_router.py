@@ -202,6 +202,17 @@ def test_upstream_4xx_is_passed_on_without_retry(start_server, tiny_model, upstr
     assert len(upstream.completions) == 1
 
 
+def test_an_error_inside_a_200_is_an_upstream_error(start_server, tiny_model, upstream):
+    server = start_server(tiny_model, upstream_table("ext-api", upstream, max_retries=0))
+    upstream.script.extend(["error_200", "error_200"])
+    r = chat(server)
+    assert r.status_code == 502 and "model overloaded" in r.json()["error"]["message"]
+    r = httpx.post(server.base + "/v1/chat/completions", timeout=60, json={
+        "model": "ext", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 502 and "model overloaded" in r.json()["error"]["message"]
+    assert [row["status"] for row in records(server.ledger, 2)] == [502, 502]
+
+
 def test_failing_upstream_falls_back_to_tier_a(start_server, tiny_model, upstream):
     server = start_server(tiny_model, upstream_table(
         "ext-api", upstream, max_retries=1, fallback=["A"]))
@@ -235,9 +246,21 @@ def test_first_byte_timeout_is_a_504_and_the_upstream_call_is_closed(
     server = start_server(tiny_model, upstream_table(
         "ext-api", upstream, max_retries=0, first_byte_timeout_s=0.5))
     upstream.script.extend(["stall"])
-    r = chat(server)
+    r = chat(server, stream=True)  # without streaming, the first byte is the whole answer
     assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
     wait_for(lambda: upstream.completions[0].disconnected_at is not None)
+
+
+def test_total_timeout_ends_a_stalled_stream_with_an_error_event(
+        start_server, tiny_model, upstream):
+    server = start_server(tiny_model, upstream_table(
+        "ext-api", upstream, total_timeout_s=1.5))
+    upstream.script.extend(["stream_stall:2"])
+    deltas, _, events, _ = stream_chat(server, "abcdefghij")
+    assert deltas == ["abc", "def"]
+    assert events[-1]["error"]["code"] == "upstream_timeout"
+    wait_for(lambda: upstream.completions[0].disconnected_at is not None)
+    assert records(server.ledger, 1)[-1]["status"] == 504
 
 
 def test_request_deadline_bounds_upstream_calls(start_server, tiny_model, upstream):

@@ -90,10 +90,49 @@ def test_request_payload_is_redacted_everywhere_text_goes():
 def test_streamed_chunks_flush_held_text_at_finish():
     vault = Vault(DETECTOR)
     redacted = vault.redact("to bob@example.com")
-    rehydrator = StreamedResponseRehydrator(vault)
+    rehydrator = StreamedResponseRehydrator(vault, chat=True)
     first = rehydrator.chunk({"choices": [{"index": 0, "delta": {"content": redacted[:-3]}}]})
     last = rehydrator.chunk({"choices": [{"index": 0, "delta": {"content": redacted[-3:]},
                                           "finish_reason": "stop"}]})
     text = first["choices"][0]["delta"]["content"] + last["choices"][0]["delta"]["content"]
     assert first["choices"][0]["delta"]["content"] == "to "
     assert text == "to bob@example.com"
+
+
+def test_every_content_field_is_redacted_but_protocol_fields_are_not():
+    vault = Vault(DETECTOR)
+    body = {"model": "m", "prompt": "p", "suffix": "# owner alice@example.com",
+            "user": "carol@example.com", "tools": [{"type": "function", "function": {
+                "name": "notify", "description": "writes to ops@example.com"}}]}
+    wire = json.dumps(redact_request(body, vault))
+    for secret in ("alice@example.com", "carol@example.com", "ops@example.com"):
+        assert secret not in wire
+    assert '"name": "notify"' in wire and '"model": "m"' in wire
+
+
+def test_tool_arguments_with_quotes_and_backslashes_round_trip():
+    vault = Vault(DETECTOR)
+    args = json.dumps({"password": 'pa"ss\\w0rd!', "mail": "bob@example.com"})
+    body = {"messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]}]}
+    sent = redact_request(body, vault)["messages"][0]["tool_calls"][0]["function"]["arguments"]
+    assert "bob@example.com" not in sent and "w0rd" not in sent
+    reply = {"choices": [{"index": 0, "message": {"content": None, "tool_calls": [
+        {"function": {"name": "f", "arguments": sent}}]}}]}
+    back = rehydrate_response(reply, vault)["choices"][0]["message"]["tool_calls"][0]
+    assert json.loads(back["function"]["arguments"]) == json.loads(args)
+
+
+def test_stream_flushes_into_a_finish_chunk_without_delta_and_at_a_bare_end():
+    vault = Vault(DETECTOR)
+    placeholder = vault.redact("bob@example.com")
+    chat = StreamedResponseRehydrator(vault, chat=True)
+    chat.chunk({"choices": [{"index": 0, "delta": {"content": "hi " + placeholder[:4]}}]})
+    last = chat.chunk({"choices": [{"index": 0, "finish_reason": "stop"}]})
+    assert last["choices"][0]["delta"]["content"] == placeholder[:4]
+    tools = StreamedResponseRehydrator(vault, chat=True)
+    tools.chunk({"choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 1, "function": {"arguments": '{"to": "' + placeholder[:6]}}]}}]})
+    rest = tools.leftovers()
+    assert rest == [{"index": 0, "finish_reason": None, "delta": {"tool_calls": [
+        {"index": 1, "function": {"arguments": placeholder[:6]}}]}}]

@@ -129,6 +129,15 @@ class Upstream:
         if kind == "redirect":
             await _send(writer, 307, {}, {"Location": arg})
             return True
+        if kind == "error_200":  # an error object inside a success (seen in the wild)
+            if body.get("stream"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Connection: close\r\n\r\n"
+                             + _event({"error": {"message": "model overloaded"}}))
+                await writer.drain()
+                return False
+            await _send(writer, 200, {"error": {"message": "model overloaded"}})
+            return True
         if kind == "stall":
             await _wait_closed(reader)
             seen.disconnected_at = time.monotonic()

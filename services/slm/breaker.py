@@ -71,6 +71,13 @@ class CircuitBreaker:
                 return 0.0
             return max(0.0, self.cooldown_s - (self._clock() - self._opened_at))
 
+    def release(self) -> None:
+        """A call ended without a verdict (cancelled, or failed on our side): in
+        half-open, free the probe slot for the next caller."""
+        with self._lock:
+            if self._state is BreakerState.HALF_OPEN:
+                self._probe_at = None
+
     def record_success(self) -> None:
         with self._lock:
             self._state = BreakerState.CLOSED

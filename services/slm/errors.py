@@ -169,15 +169,21 @@ class UpstreamError(RequestError):
     type = "upstream_error"
     code = "upstream_error"
     retryable = True
+    # False when the failure is ours (connection pool full, no time left): the upstream's
+    # circuit breaker does not count it
+    upstream_fault = True
 
     def __init__(
         self, message: str, *, retry_after_s: float | None = None,
         retryable: bool | None = None, status: int | None = None,
+        upstream_fault: bool | None = None,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after_s = retry_after_s
         if retryable is not None:
             self.retryable = retryable
+        if upstream_fault is not None:
+            self.upstream_fault = upstream_fault
 
 
 class UpstreamTimeout(UpstreamError):

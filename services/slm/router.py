@@ -22,7 +22,6 @@ import httpx
 
 from slm.errors import (
     ConfigError,
-    DeadlineExceeded,
     NotFound,
     UpstreamError,
     UpstreamNotAllowed,
@@ -113,18 +112,22 @@ class Router:
 
     async def open(
         self, target: Target, path: str, body: dict[str, Any], *, deadline: float,
-        request_id: str,
+        request_id: str, stream: bool,
     ) -> httpx.Response:
-        """Call ``target``'s upstream with retries; the open 2xx response."""
+        """Call ``target``'s upstream with retries until ``deadline``; the open 2xx
+        response."""
         up = target.upstream
         assert up is not None
         body = {**body, "model": target.model}
-        deadline = min(deadline, time.monotonic() + up.config.total_timeout_s)
         attempt = 0
         while True:
             up.check_available()
             try:
-                response = await up.open(path, body, deadline=deadline, request_id=request_id)
+                response = await up.open(path, body, deadline=deadline,
+                                         request_id=request_id, stream=stream)
+            except asyncio.CancelledError:
+                up.breaker.release()  # a probe whose client left proves nothing
+                raise
             except UpstreamError as exc:
                 self._account(up, exc)
                 attempt += 1
@@ -144,7 +147,9 @@ class Router:
 
     def _account(self, up: Upstream, exc: UpstreamError) -> None:
         self.metrics.upstream_requests.labels(up.name, exc.code or "error").inc()
-        if exc.retryable:
+        if not exc.upstream_fault:
+            up.breaker.release()
+        elif exc.retryable:
             up.breaker.record_failure()
         else:  # the upstream answered: it is alive, the request was the problem
             up.breaker.record_success()
@@ -167,7 +172,11 @@ class Router:
     async def _health_loop(self) -> None:
         probed = [u for u in self.upstreams.values() if u.config.health_path]
         while True:
-            await asyncio.gather(*(u.probe() for u in probed))
+            for up, outcome in zip(probed, await asyncio.gather(
+                    *(u.probe() for u in probed), return_exceptions=True), strict=True):
+                if isinstance(outcome, Exception):
+                    log.error("health probe failed", exc_info=outcome,
+                              extra={"upstream": up.name})
             await asyncio.sleep(self.settings.upstream_health_interval_s)
 
     async def aclose(self) -> None:
@@ -178,9 +187,3 @@ class Router:
         for up in self.upstreams.values():
             await up.aclose()
 
-
-def deadline_error(started: float, timeout_s: float) -> DeadlineExceeded:
-    """The 504 for a request whose deadline passed during upstream calls."""
-    return DeadlineExceeded(
-        f"the request did not complete within {timeout_s:g} s "
-        f"({time.monotonic() - started:.1f} s elapsed)")

@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,21 +36,30 @@ log = logging.getLogger("slm.upstream")
 
 MAX_ERROR_BODY = 64 * 1024
 MAX_RESPONSE_BODY = 16 * 1024 * 1024
+MAX_CONNECTIONS = 32
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header (seconds or an HTTP date) in seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    """The wait an upstream asks for: ``retry-after-ms`` (OpenAI), else ``Retry-After``
+    (seconds, possibly fractional, or an HTTP date), in seconds from now."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = (headers.get(name) or "").strip()
+        if not value:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            if scale != 1.0:
+                continue
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                continue
+            return max(0.0, when.timestamp() - time.time())
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return None
 
 
 def _upstream_message(body: bytes) -> str:
@@ -74,30 +84,40 @@ class Upstream:
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
         self.healthy = True  # until a health probe says otherwise
         self._client: httpx.AsyncClient | None = None
+        self._probe_client: httpx.AsyncClient | None = None
+
+    @staticmethod
+    def _new_client(connections: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,  # no proxies or .netrc credentials from the environment
+            transport=httpx.AsyncHTTPTransport(retries=0),
+            limits=httpx.Limits(max_connections=connections,
+                                max_keepalive_connections=min(8, connections)),
+        )
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:  # created in the serving event loop
-            self._client = httpx.AsyncClient(
-                follow_redirects=False,
-                trust_env=False,  # no proxies or .netrc credentials from the environment
-                transport=httpx.AsyncHTTPTransport(retries=0),
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
-            )
+            self._client = self._new_client(MAX_CONNECTIONS)
         return self._client
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        for client in (self._client, self._probe_client):
+            if client is not None:
+                await client.aclose()
 
     def _url(self, path: str) -> str:
         return self.config.url.rstrip("/") + path
 
-    def _timeouts(self, remaining: float) -> httpx.Timeout:
+    def _timeouts(self, remaining: float, *, stream: bool) -> httpx.Timeout:
+        """Per-attempt timeouts. Without streaming, servers send headers only once the
+        whole answer is generated, so the first byte may take the whole remaining time."""
         cfg = self.config
+        first_byte = min(cfg.first_byte_timeout_s, remaining) if stream else remaining
         return httpx.Timeout(
             connect=min(cfg.connect_timeout_s, remaining),
-            read=min(cfg.first_byte_timeout_s, remaining),
+            read=first_byte,
             write=min(cfg.first_byte_timeout_s, remaining),
             pool=min(cfg.connect_timeout_s, remaining),
         )
@@ -112,25 +132,31 @@ class Upstream:
                 retry_after_s=self.breaker.retry_in() or None)
 
     async def open(
-        self, path: str, body: dict[str, Any], *, deadline: float, request_id: str
+        self, path: str, body: dict[str, Any], *, deadline: float, request_id: str,
+        stream: bool,
     ) -> httpx.Response:
         """POST ``body`` and return the response once its headers arrived (status 2xx,
         body not read yet: the caller reads or streams it, then closes it)."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise UpstreamTimeout(f"upstream {self.name!r}: no time left for the call")
+            raise UpstreamTimeout(f"upstream {self.name!r}: no time left for the call",
+                                  retryable=False, upstream_fault=False)
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         request = self.client.build_request(
             "POST", self._url(path), content=json.dumps(body).encode(), headers=headers,
-            timeout=self._timeouts(remaining),
+            timeout=self._timeouts(remaining, stream=stream),
         )
         try:
             async with asyncio.timeout(remaining):
                 response = await self.client.send(request, stream=True)
         except TimeoutError:
             raise UpstreamTimeout(f"upstream {self.name!r} did not answer in time") from None
+        except httpx.PoolTimeout:
+            raise UpstreamUnavailable(
+                f"upstream {self.name!r}: all {MAX_CONNECTIONS} connections are busy",
+                upstream_fault=False) from None
         except httpx.TimeoutException as exc:
             kind = "connect" if isinstance(exc, httpx.ConnectTimeout) else "first byte"
             raise UpstreamTimeout(f"upstream {self.name!r}: {kind} timeout") from None
@@ -139,20 +165,21 @@ class Upstream:
                 f"upstream {self.name!r} failed: {type(exc).__name__}: {exc}") from None
         if response.is_success:
             return response
-        await self._refuse(response)
+        await self._refuse(response, deadline)
         raise AssertionError("unreachable")
 
-    async def _refuse(self, response: httpx.Response) -> None:
+    async def _refuse(self, response: httpx.Response, deadline: float) -> None:
         """Raise the error for a non-2xx response (and close it)."""
+        body = b""
         try:
-            body = b""
             if not response.is_redirect:
-                async for part in response.aiter_bytes():
-                    body += part
-                    if len(body) > MAX_ERROR_BODY:
-                        break
-        except httpx.HTTPError:
-            body = b""
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    async for part in response.aiter_bytes():
+                        body += part
+                        if len(body) > MAX_ERROR_BODY:
+                            break
+        except (httpx.HTTPError, TimeoutError):
+            pass
         finally:
             await response.aclose()
         status = response.status_code
@@ -167,10 +194,10 @@ class Upstream:
         message = f"upstream {self.name!r} answered {status}: {_upstream_message(body)}"
         if status == 429:
             raise UpstreamRateLimited(
-                message, retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
+                message, retry_after_s=retry_after_seconds(response.headers))
         if status in RETRYABLE_STATUS:
             raise UpstreamError(
-                message, retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
+                message, retry_after_s=retry_after_seconds(response.headers))
         if status in (401, 403):
             raise UpstreamError(message + " (check its key_file)", retryable=False)
         raise UpstreamRejected(message, status=status if 400 <= status < 500 else 502)
@@ -249,8 +276,11 @@ class Upstream:
         """One health check: GET ``health_path`` on the upstream's origin."""
         parts = urlsplit(self.config.url)
         url = f"{parts.scheme}://{parts.netloc}{self.config.health_path}"
+        if self._probe_client is None:  # its own connection: a busy pool is not ill health
+            self._probe_client = self._new_client(1)
         try:
-            response = await self.client.get(url, timeout=self.config.connect_timeout_s * 2)
+            response = await self._probe_client.get(
+                url, timeout=self.config.connect_timeout_s * 2)
             healthy = response.status_code == 200
         except httpx.HTTPError:
             healthy = False

@@ -7,6 +7,7 @@ is not named here, never takes a URL from a request, and never follows a redirec
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -94,8 +95,9 @@ def parse_upstreams(tables: Any, tier_a_model: str | None = None) -> tuple[Upstr
             served[model] = up.name
         for field in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s",
                       "breaker_cooldown_s"):
-            if getattr(up, field) <= 0:
-                raise ConfigError(f"{where}: {field} must be > 0")
+            value = getattr(up, field)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{where}: {field} must be a number > 0, got {value}")
         if up.max_retries < 0 or up.breaker_failures < 1:
             raise ConfigError(f"{where}: max_retries must be >= 0 and breaker_failures >= 1")
         if up.health_path is not None and not up.health_path.startswith("/"):
@@ -104,6 +106,8 @@ def parse_upstreams(tables: Any, tier_a_model: str | None = None) -> tuple[Upstr
     if sum(up.tier == "B" for up in ups) > 1:
         raise ConfigError("upstream: at most one tier B upstream (the GPU burst server)")
     for up in ups:
+        if len(set(up.fallback)) != len(up.fallback):
+            raise ConfigError(f"upstream {up.name!r}: fallback names a target twice")
         for target in up.fallback:
             if target != "A" and target not in names:
                 raise ConfigError(

@@ -99,19 +99,25 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
-    """Await ``work``; if the client disconnects first, cancel it and raise ClientGone."""
+    """Await ``work``; if the client disconnects first, cancel it and raise ClientGone.
+    However this ends (also when this task itself is cancelled), ``work`` is finished
+    before returning, so an upstream connection it holds is closed."""
     task = asyncio.ensure_future(work)
     disconnected = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
         done, _ = await asyncio.wait({task, disconnected},
                                      return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
     finally:
         disconnected.cancel()
+        if not task.done():
+            task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(task, return_exceptions=True)
     if task in done:
         return task.result()
-    task.cancel()
-    with anyio.CancelScope(shield=True):
-        await asyncio.gather(task, return_exceptions=True)  # let it close its connection
     raise ClientGone()
 
 
@@ -283,6 +289,11 @@ class DoormanAPI:
                 if audited:
                     self._audit_nowait(request, name, 500, "internal_error")
                 return error_response(InternalError("internal server error"), request_id)
+            except asyncio.CancelledError:  # uvicorn's shutdown backstop ended the request
+                status = 503
+                if audited:
+                    self._audit_nowait(request, name, 503, "shutting_down")
+                raise
             finally:
                 self.d.metrics.requests.labels(name, str(status)).inc()
                 if name not in ("health", "ready", "metrics") and not request.state.log.get(
@@ -527,19 +538,26 @@ class DoormanAPI:
         up = target.upstream
         assert up is not None
         state = request.state
-        deadline = state.started + self.d.settings.request_timeout_s
+        deadline = min(state.started + self.d.settings.request_timeout_s,
+                       time.monotonic() + up.config.total_timeout_s)
         path = "/chat/completions" if chat else "/completions"
         opened = await _unless_disconnected(request, self.d.router.open(
-            target, path, redacted, deadline=deadline, request_id=state.request_id))
+            target, path, redacted, deadline=deadline, request_id=state.request_id,
+            stream=stream))
         if not stream:
             obj = await _unless_disconnected(request, up.read_json(opened, deadline=deadline))
-            if not isinstance(obj, dict):
-                raise UpstreamError(f"upstream {up.name!r} answered a non-object")
+            if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+                raise UpstreamError(
+                    f"upstream {up.name!r} answered 200 without choices: "
+                    f"{_error_text(obj)}", retryable=False)
             self._note_usage(request, obj)
             return JSONResponse(rehydrate_response(obj, vault))
         events = up.events(opened, deadline=deadline)
         try:  # the first event before the status line: a failure can still fall back
             first = await _unless_disconnected(request, anext(events))
+            if "error" in first and not first.get("choices"):
+                raise UpstreamError(f"upstream {up.name!r} answered with an error event: "
+                                    f"{_error_text(first)}", retryable=False)
         except StopAsyncIteration:
             raise UpstreamError(f"upstream {up.name!r} ended its stream at once") from None
         except BaseException:
@@ -578,28 +596,31 @@ class DoormanAPI:
         """Pass an upstream's stream through, one chunk out per chunk in, rehydrated."""
         log_fields = request.state.log
         log_fields.update(request_id=request.state.request_id, status=200)
-        rehydrator = StreamedResponseRehydrator(vault)
+        rehydrator = StreamedResponseRehydrator(vault, chat=chat)
         ended = False
         obj: dict[str, Any] | None = first
         try:
             try:
                 while obj is not None:
                     if "error" in obj and not obj.get("choices"):
-                        raise UpstreamError(f"upstream failed mid-stream: {obj['error']}")
+                        raise UpstreamError(f"upstream failed mid-stream: {_error_text(obj)}")
                     self._note_usage(request, obj)
                     yield _sse(rehydrator.chunk(obj))
                     obj = await anext(events, None)
-            except UpstreamError as exc:
+            except Exception as exc:  # noqa: BLE001 - the client gets an error event
+                if not isinstance(exc, UpstreamError):
+                    log.exception("relay failed", extra={"request_id": request.state.request_id})
+                    exc = UpstreamError("the upstream's stream could not be relayed")
                 log_fields["error"] = exc.code
                 self._audit_nowait(request, endpoint, exc.status, exc.code)
                 ended = True
                 yield _sse({"error": {"message": vault.rehydrate(exc.message),
                                       "type": exc.type, "param": None, "code": exc.code}})
                 return
-            for index, rest in rehydrator.leftovers().items():  # the stream had no finish
-                text: dict[str, Any] = {"delta": {"content": rest}} if chat else {"text": rest}
+            leftovers = rehydrator.leftovers()  # the stream ended without a finish_reason
+            if leftovers:
                 yield _sse({"object": "chat.completion.chunk" if chat else "text_completion",
-                            "choices": [{"index": index, **text, "finish_reason": None}]})
+                            "choices": leftovers})
             try:  # [DONE] acknowledges the answer: only once its record is durable
                 await self._audit(request, endpoint, 200)
             except LedgerUnavailable as exc:
@@ -807,6 +828,14 @@ class _JobStreamingResponse(StreamingResponse):
         finally:
             self._job.cancel.set()
             self._on_end()  # records the request unless the stream already did
+
+
+def _error_text(obj: Any) -> str:
+    """The message of an upstream's ``{"error": ...}`` object, short."""
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message", error)
+    return str(error if error is not None else obj)[:300]
 
 
 class _RelayStreamingResponse(StreamingResponse):

@@ -1,42 +1,50 @@
 """Sanitising OpenAI request bodies and rehydrating OpenAI responses (whole or streamed).
 
-What is redacted on the way out: message text (string or text parts), the arguments of
-earlier tool calls, tool results, and a text completion's prompt. What is rehydrated on the
-way back: message text, ``tool_calls[].function.arguments`` (values JSON-escaped, since they
-sit inside a JSON document) and completion text. Everything else passes through untouched.
+What is redacted on the way out: every string of the request except protocol fields (model,
+role, names, ids...): messages, tool results, earlier tool-call arguments, prompt, suffix,
+user, tool descriptions. What is rehydrated on the way back: message content and
+``reasoning_content``, ``tool_calls[].function.arguments`` and the legacy
+``function_call.arguments`` (values JSON-escaped, since they sit inside a JSON document) and
+completion text.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from slm.sanitise.vault import StreamRehydrator, Vault
 
+# Keys whose string values are protocol, not content: never redacted (a tool's name must
+# stay exact). Every other string anywhere in the body is redacted.
+STRUCTURAL_KEYS = frozenset({
+    "model", "role", "type", "name", "id", "tool_call_id", "tool_choice", "finish_reason",
+    "service_tier", "reasoning_effort", "encoding_format", "modalities", "object",
+})
+
 
 def redact_request(body: dict[str, Any], vault: Vault) -> dict[str, Any]:
-    """A copy of a chat or completions request body with its text redacted."""
-    out = copy.deepcopy(body)
-    for message in out.get("messages") or ():
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            message["content"] = vault.redact(content)
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    part["text"] = vault.redact(part["text"])
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                function["arguments"] = vault.redact(function["arguments"])
-    prompt = out.get("prompt")
-    if isinstance(prompt, str):
-        out["prompt"] = vault.redact(prompt)
-    elif isinstance(prompt, list):
-        out["prompt"] = [vault.redact(p) if isinstance(p, str) else p for p in prompt]
-    return out
+    """A copy of a request body with every content string redacted (messages, prompt,
+    suffix, user, tool descriptions, ...). Tool-call arguments are JSON in a string: they are
+    scanned as text (so ``"password": "..."`` is still seen as an assignment) and the vault
+    keeps the unescaped values."""
+    return _redact(body, vault)
+
+
+def _redact(node: Any, vault: Vault, key: str | None = None) -> Any:
+    if isinstance(node, str):
+        if key in STRUCTURAL_KEYS:
+            return node
+        if key == "arguments":
+            return vault.redact(node, json_text=True)
+        return vault.redact(node)
+    if isinstance(node, dict):
+        return {k: _redact(v, vault, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v, vault, key) for v in node]
+    return node
+
+
+TEXT_FIELDS = ("content", "reasoning_content")
 
 
 def rehydrate_response(obj: dict[str, Any], vault: Vault) -> dict[str, Any]:
@@ -48,81 +56,114 @@ def rehydrate_response(obj: dict[str, Any], vault: Vault) -> dict[str, Any]:
             choice["text"] = vault.rehydrate(choice["text"])
         message = choice.get("message")
         if isinstance(message, dict):
-            if isinstance(message.get("content"), str):
-                message["content"] = vault.rehydrate(message["content"])
-            _rehydrate_tool_calls(message, vault)
+            for field in TEXT_FIELDS:
+                if isinstance(message.get(field), str):
+                    message[field] = vault.rehydrate(message[field])
+            calls = message.get("tool_calls") if isinstance(message.get("tool_calls"),
+                                                           list) else []
+            for function in [c.get("function") for c in calls if isinstance(c, dict)] + [
+                    message.get("function_call")]:
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    function["arguments"] = vault.rehydrate(function["arguments"],
+                                                            json_escape=True)
     return obj
-
-
-def _rehydrate_tool_calls(message: dict[str, Any], vault: Vault) -> None:
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-            function["arguments"] = vault.rehydrate(function["arguments"], json_escape=True)
 
 
 class StreamedResponseRehydrator:
     """Rehydrates the chunks of one streamed response, one chunk out per chunk in.
 
-    Each text field (a choice's content or text, each tool call's arguments) has its own
-    :class:`StreamRehydrator`; what one holds back goes out in a later chunk of the same
-    field, at the latest in the chunk that carries the choice's ``finish_reason``.
+    Each text field (a choice's content, reasoning or text, each tool call's arguments) has
+    its own :class:`StreamRehydrator`; what one holds back goes out in a later chunk of the
+    same field, at the latest in the chunk carrying the choice's ``finish_reason`` (or in
+    :meth:`leftovers` when the stream ends without one).
     """
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, *, chat: bool) -> None:
         self._vault = vault
-        self._text: dict[int, StreamRehydrator] = {}
-        self._args: dict[tuple[int, int], StreamRehydrator] = {}
+        self._chat = chat
+        self._fields: dict[tuple[int, str, int], StreamRehydrator] = {}
 
-    def _text_field(self, choice: int) -> StreamRehydrator:
-        if choice not in self._text:
-            self._text[choice] = self._vault.stream()
-        return self._text[choice]
-
-    def _args_field(self, choice: int, call: int) -> StreamRehydrator:
-        if (choice, call) not in self._args:
-            self._args[(choice, call)] = self._vault.stream(json_escape=True)
-        return self._args[(choice, call)]
+    def _field(self, choice: int, name: str, call: int = 0) -> StreamRehydrator:
+        key = (choice, name, call)
+        if key not in self._fields:
+            self._fields[key] = self._vault.stream(json_escape=name == "arguments")
+        return self._fields[key]
 
     def chunk(self, obj: dict[str, Any]) -> dict[str, Any]:
         """One upstream chunk, rehydrated (text held back may be missing from it)."""
-        for choice in obj.get("choices") or ():
+        choices = obj.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index", 0)
-            finished = choice.get("finish_reason") is not None
-            if "text" in choice or (finished and "delta" not in choice):
-                choice["text"] = self._feed(self._text_field(index), choice.get("text"),
-                                            finished)
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(delta.get("content"), str) or (finished and index in self._text):
-                delta["content"] = self._feed(self._text_field(index), delta.get("content"),
-                                              finished)
-            calls = delta.get("tool_calls") or []
-            seen = set()
-            for call in calls:
-                function = call.get("function") if isinstance(call, dict) else None
-                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                    number = call.get("index", 0)
-                    seen.add(number)
-                    field = self._args_field(index, number)
-                    function["arguments"] = self._feed(field, function["arguments"], finished)
-            if finished:  # held-back arguments of calls this chunk does not mention
-                for (c, number), field in self._args.items():
-                    rest = field.flush() if c == index and number not in seen else ""
-                    if rest:
-                        calls.append({"index": number, "function": {"arguments": rest}})
-                if calls:
-                    delta["tool_calls"] = calls
+            index = index if isinstance(index, int) else 0
+            if not self._chat:
+                if isinstance(choice.get("text"), str):
+                    choice["text"] = self._field(index, "text").feed(choice["text"])
+            else:
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
+                    delta = choice["delta"] = {}
+                self._chat_delta(index, delta)
+            if choice.get("finish_reason") is not None:
+                self._flush_into(choice, index)
         return obj
 
-    @staticmethod
-    def _feed(field: StreamRehydrator, piece: str | None, finished: bool) -> str:
-        out = field.feed(piece or "")
-        return out + field.flush() if finished else out
+    def _chat_delta(self, index: int, delta: dict[str, Any]) -> None:
+        for name in TEXT_FIELDS:
+            if isinstance(delta.get(name), str):
+                delta[name] = self._field(index, name).feed(delta[name])
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                number = call.get("index", 0)
+                field = self._field(index, "arguments", number if isinstance(number, int) else 0)
+                function["arguments"] = field.feed(function["arguments"])
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+            legacy["arguments"] = self._field(index, "arguments", -1).feed(legacy["arguments"])
 
-    def leftovers(self) -> dict[int, str]:
-        """Text still held back when a stream ended without a finish_reason."""
-        return {i: rest for i, f in self._text.items() if (rest := f.flush())}
+    def _flush_into(self, choice: dict[str, Any], index: int) -> None:
+        """Put what choice ``index`` still holds back into its (finishing) chunk."""
+        for (c, name, call), field in self._fields.items():
+            rest = field.flush() if c == index else ""
+            if not rest:
+                continue
+            if not self._chat:
+                choice["text"] = (choice.get("text") or "") + rest
+                continue
+            delta = choice["delta"]
+            if name != "arguments":
+                delta[name] = (delta.get(name) or "") + rest
+            elif call == -1:
+                delta.setdefault("function_call", {})
+                delta["function_call"]["arguments"] = (
+                    delta["function_call"].get("arguments") or "") + rest
+            else:
+                _append_arguments(delta, call, rest)
+
+    def leftovers(self) -> list[dict[str, Any]]:
+        """Choices carrying what is still held back, for a stream that ended without a
+        finish_reason (empty when nothing is)."""
+        out = []
+        for index in sorted({c for c, _, _ in self._fields}):
+            choice: dict[str, Any] = {"index": index, "finish_reason": None}
+            if self._chat:
+                choice["delta"] = {}
+            else:
+                choice["text"] = ""
+            self._flush_into(choice, index)
+            if choice.get("text") or choice.get("delta"):
+                out.append(choice)
+        return out
+
+
+def _append_arguments(delta: dict[str, Any], call: int, rest: str) -> None:
+    calls = delta.setdefault("tool_calls", [])
+    for entry in calls:
+        if isinstance(entry, dict) and entry.get("index", 0) == call:
+            function = entry.setdefault("function", {})
+            function["arguments"] = (function.get("arguments") or "") + rest
+            return
+    calls.append({"index": call, "function": {"arguments": rest}})

@@ -42,18 +42,26 @@ class Vault:
         self._by_placeholder[candidate] = value
         return candidate
 
-    def redact(self, text: str) -> str:
-        """``text`` with every detected entity replaced by its placeholder."""
-        return self.replace(text, self._detector.find(text))
+    def redact(self, text: str, *, json_text: bool = False) -> str:
+        """``text`` with every detected entity replaced by its placeholder. With
+        ``json_text`` the text is a JSON document (tool-call arguments): values found inside
+        its strings are kept unescaped, so they rehydrate correctly anywhere."""
+        return self.replace(text, self._detector.find(text), json_text=json_text)
 
-    def replace(self, text: str, spans: list[Span]) -> str:
+    def replace(self, text: str, spans: list[Span], *, json_text: bool = False) -> str:
         """``text`` with the given (sorted, non-overlapping) spans replaced."""
         if not spans:
             return text
         out, pos = [], 0
         for span in spans:
             out.append(text[pos:span.start])
-            out.append(self._placeholder(span.type, text[span.start:span.end]))
+            value = text[span.start:span.end]
+            if json_text and "\\" in value:
+                try:
+                    value = json.loads(f'"{value}"')
+                except ValueError:  # not inside one JSON string: keep it as written
+                    pass
+            out.append(self._placeholder(span.type, value))
             self.counts[span.type] += 1
             pos = span.end
         out.append(text[pos:])
