@@ -28,6 +28,10 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v g++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
 command -v curl >/dev/null || missing+=(curl)
+# systemd-python builds against libsystemd; systemd-analyze checks the unit files
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+[ -e /usr/include/systemd/sd-daemon.h ] || missing+=(libsystemd-dev)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 "$PYTHON" - <<'PY' 2>/dev/null || missing+=(python3-dev)
 import os, sys, sysconfig

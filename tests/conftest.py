@@ -31,7 +31,8 @@ def free_port() -> int:
 class Server:
     """A real `slm serve` subprocess on a loopback port."""
 
-    def __init__(self, tmp: Path, model: Path | None, config: str = "", *extra: str) -> None:
+    def __init__(self, tmp: Path, model: Path | None, config: str = "", *extra: str,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.config = tmp / f"slm-{self.port}.toml"
@@ -39,11 +40,13 @@ class Server:
         self.log_path = tmp / f"slm-{self.port}.log"
         self.ledger = tmp / f"ledger-{self.port}.db"
         args = [*SLM, "serve", "--config", str(self.config), "--port", str(self.port),
-                "--threads", "2", "--ledger-path", str(self.ledger), *extra]
+                "--threads", "2", "--ledger-path", str(self.ledger), "--log-format", "json",
+                *extra]
         if model is not None:
             args += ["--model", str(model), "--model-id", TINY_ID]
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 60) -> None:
         end = time.monotonic() + timeout

@@ -1,4 +1,5 @@
-"""One log stream: one line per event on stderr, JSON by default (journald keeps it).
+"""One log stream: journald entries with fields when run by systemd, else lines on stderr
+(text or JSON).
 
 Prompt and completion text are never logged; request logs carry ids, sizes and timings.
 """
@@ -7,8 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 import time
+from typing import Any
 
 # Attributes every LogRecord has; anything else passed through ``extra=`` is a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {
@@ -47,10 +51,58 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+_PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
+_FIELD_CHARS = re.compile(r"[^A-Z0-9_]")
+
+
+def journal_field(name: str) -> str:
+    """A log field's name as a journal field: REQUEST_ID, TIER, MODEL_SHA256..."""
+    return _FIELD_CHARS.sub("_", name.upper()).lstrip("_")[:64] or "FIELD"
+
+
+class JournalHandler(logging.Handler):
+    """One journald entry per record: MESSAGE, PRIORITY, LOGGER and one field per extra."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from systemd import journal
+
+        self._send = journal.send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {
+                journal_field(k): v for k, v in vars(record).items() if k not in _STANDARD}
+            if record.exc_info:
+                fields["EXCEPTION"] = logging.Formatter().formatException(record.exc_info)
+            self._send(record.getMessage(), PRIORITY=_PRIORITY.get(record.levelname, 6),
+                       LOGGER=record.name, SYSLOG_IDENTIFIER="slm", **fields)
+        except Exception:  # noqa: BLE001 - logging must never take the service down
+            self.handleError(record)
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the journal stream systemd connected (``JOURNAL_STREAM``)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(level: str, fmt: str) -> None:
-    """Route all logging (ours and uvicorn's) to stderr in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    """Route all logging (ours and uvicorn's) to one place in the chosen format."""
+    if fmt == "auto":
+        fmt = "journal" if stderr_is_journal() else "text"
+    handler: logging.Handler
+    if fmt == "journal":
+        handler = JournalHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

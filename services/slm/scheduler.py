@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -120,6 +121,13 @@ class Scheduler:
         self._avg_job_seconds = 1.0
         self.running: Job | None = None
         self.last_progress = time.monotonic()
+        # A fault-injection hook for the watchdog test: the worker hangs this long inside
+        # its next job, like a decode that never returns. Never set in production.
+        self._test_stall_s = float(os.environ.get("SLM_TEST_STALL_WORKER_S", "0") or 0)
+
+    def stalled(self, limit_s: float) -> bool:
+        """Whether a job has been running without progress for more than ``limit_s``."""
+        return self.running is not None and time.monotonic() - self.last_progress > limit_s
 
     @property
     def waiting(self) -> int:
@@ -226,6 +234,16 @@ class Scheduler:
         pending: list[str] = []
         last_emit = 0.0
 
+        def interrupted() -> bool:
+            # called between tokens and by llama.cpp's abort callback during prompt
+            # decodes: proof of progress for the watchdog
+            self.last_progress = time.monotonic()
+            return job.interrupted()
+
+        if self._test_stall_s:
+            stall, self._test_stall_s = self._test_stall_s, 0.0
+            time.sleep(stall)
+
         def on_text(text: str) -> None:
             nonlocal last_emit
             now = time.monotonic()
@@ -238,7 +256,7 @@ class Scheduler:
 
         try:
             return self._engine.generate(
-                job.prompt, job.params, on_text=on_text, interrupted=job.interrupted
+                job.prompt, job.params, on_text=on_text, interrupted=interrupted
             )
         finally:
             if pending:

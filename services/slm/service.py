@@ -28,6 +28,7 @@ from slm.model_file import ModelFile
 from slm.router import Router
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
 from slm.settings import Settings, environment_threads
+from slm.systemd_notify import notify_ready, notify_status, notify_stopping
 
 log = logging.getLogger("slm.service")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -75,6 +76,7 @@ class Doorman:
     def load(self) -> None:
         """Load the model, decode a warm-up token, start the worker; then mark ready."""
         began = time.monotonic()
+        notify_status(f"loading model {self.model_file.path.name} (context {self.n_ctx})")
         try:
             engine = Engine(
                 self.model_file, n_ctx=self.n_ctx, n_threads=self.threads,
@@ -96,6 +98,7 @@ class Doorman:
         self.scheduler.start()
         self.ready.set()
         self.metrics.ready.set(1)
+        notify_ready(f"serving {self.model_id} (context {engine.n_ctx})")
         log.info(
             "model ready",
             extra={
@@ -110,6 +113,7 @@ class Doorman:
         """Let in-flight requests run for the grace period, then end them with a 503."""
         if self._shutdown_timer is not None:
             return
+        notify_stopping()
         self.ready.clear()
         self.metrics.ready.set(0)
         log.info("shutting down", extra={"grace_s": self.settings.shutdown_grace_s})
@@ -131,6 +135,11 @@ class Doorman:
         stopped = self.scheduler.stop() if self.scheduler else True
         if self.engine and stopped:  # never free the model under a running decode
             self.engine.close()
+
+    def engine_stalled(self, limit_s: float) -> bool:
+        """Whether the engine's worker has hung on a job for more than ``limit_s`` (for the
+        systemd watchdog; loading is bounded by the unit's start timeout instead)."""
+        return self.scheduler is not None and self.scheduler.stalled(limit_s)
 
     def require_ledger(self) -> Ledger:
         """The ledger, or LedgerUnavailable (503) once it could not be written."""

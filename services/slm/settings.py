@@ -207,7 +207,10 @@ class Settings:
         "logging", "info", "Log level.", check=_one_of("debug", "info", "warning", "error")
     )
     log_format: str = _setting(
-        "logging", "json", "`json` (one object a line) or `text`.", check=_one_of("json", "text")
+        "logging", "auto", "`journal` (structured journald entries: REQUEST_ID, TIER, "
+        "STATUS... fields), `json` (one object a line on stderr), `text`, or `auto`: journal "
+        "when stderr is connected to the journal (run by systemd), text otherwise.",
+        check=_one_of("auto", "journal", "json", "text"),
     )
 
     def detector(self) -> Detector:

@@ -55,6 +55,7 @@ from slm.sanitise.payload import (
 from slm.sanitise.vault import Vault
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler, TextEvent
 from slm.service import Doorman
+from slm.systemd_notify import Watchdog, watchdog_interval_s
 
 log = logging.getLogger("slm.api")
 
@@ -946,9 +947,16 @@ def create_app(doorman: Doorman) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         doorman.router.start()
+        interval = watchdog_interval_s()
+        watchdog = (Watchdog(asyncio.get_running_loop(), doorman.engine_stalled, interval)
+                    if interval else None)
+        if watchdog:
+            watchdog.start()
         try:
             yield
         finally:
+            if watchdog:
+                watchdog.stop()
             await doorman.router.aclose()
 
     return Starlette(
