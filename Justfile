@@ -30,6 +30,16 @@ bench: setup
     {{bin}}/python tests/bench/bench.py
     {{bin}}/python tests/bench/bench_ledger.py
     {{bin}}/python tests/bench/bench_sanitise.py
+    {{bin}}/python tests/bench/bench_binary.py
+
+# compile the one-file binary with Nuitka: build/out/bin/slm (+ .manifest.json), litestream
+# and the default model beside it
+binary: setup
+    build/binary.sh
+
+# the test suite against the compiled binary instead of `python -m slm`
+test-binary *ARGS: binary
+    SLM_BINARY="{{justfile_directory()}}/build/out/bin/slm" {{bin}}/pytest {{ARGS}}
 
 # the license gate over exactly what ships (build/out/ship-venv): table, JSON report, SBOM
 licenses: setup

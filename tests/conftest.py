@@ -17,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import write_tiny_model  # noqa: E402
 
-SLM = [sys.executable, "-m", "slm"]
+# SLM_BINARY runs every server and CLI test against the compiled binary (`just test-binary`)
+SLM = [os.environ["SLM_BINARY"]] if os.environ.get("SLM_BINARY") else [sys.executable, "-m", "slm"]
 TINY_ID = "tiny"
 EOG_BIAS = {"2": -100, "4": -100}  # bans </s> and <|im_end|>: generation runs to max_tokens
 

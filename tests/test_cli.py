@@ -98,3 +98,13 @@ def test_sanitise_prints_redacted_text_and_json_offsets(tmp_path):
     bad = subprocess.run([*SLM, "sanitise"], input=b"\xff\xfe", capture_output=True,
                          timeout=60)
     assert bad.returncode == 2 and b"UTF-8" in bad.stderr
+
+
+def test_version_and_help():
+    version = run_slm("--version")
+    assert version.returncode == 0 and version.stdout.startswith("slm 0.")
+    helped = run_slm("--help")
+    assert helped.returncode == 0
+    for command in ("serve", "ledger", "plan", "sanitise", "config"):
+        assert command in helped.stdout
+    assert run_slm("no-such-command").returncode == 2

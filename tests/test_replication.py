@@ -46,6 +46,33 @@ def test_file_replica_restores_record_for_record(start_server, tiny_model, tmp_p
     assert verify(out).ok
 
 
+def test_companion_unit_mode_replicates_from_its_own_process(start_server, tiny_model,
+                                                             tmp_path):
+    from conftest import SLM
+
+    replica = f"file://{tmp_path / 'replica'}"
+    config = tmp_path / "companion.toml"
+    ledger = tmp_path / "companion-ledger.db"
+    config.write_text(f'[ledger]\nreplica = "{replica}"\nreplicate_in_service = false\n'
+                      f'path = "{ledger}"\n')
+    assert run_slm("ledger", "replicate", "--check", "--config", str(config)).returncode == 0
+    assert run_slm("ledger", "replicate", "--check").returncode == 1  # no replica: skip
+    # the companion starts first (Before=slm.service) and stops last
+    companion = subprocess.Popen([*SLM, "ledger", "replicate", "--config", str(config)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = start_server(tiny_model, config.read_text(), "--ledger-path", str(ledger))
+    serve_some_requests(server, 5)
+    assert server.stop() == 0
+    assert "replicating the ledger" not in server.log()  # the service ran no Litestream
+    companion.terminate()
+    output = companion.communicate(timeout=60)[0].decode()
+    assert companion.returncode == 0, output
+    out = tmp_path / "restored-companion.db"
+    r = run_slm("ledger", "restore", "--replica", replica, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert all_rows(out) == all_rows(ledger) and len(all_rows(out)) == 5
+
+
 def test_restore_refuses_to_overwrite(tmp_path):
     out = tmp_path / "existing.db"
     out.write_bytes(b"keep me")

@@ -159,10 +159,11 @@ def test_journal_field_names():
     assert journal_field("_private.x") == "PRIVATE_X"
 
 
-UNIT = Path(__file__).parents[1] / "image" / "systemd" / "slm.service"
+UNITS = Path(__file__).parents[1] / "image" / "systemd"
 
 
-def test_unit_file_verifies_and_its_exposure_is_at_most_2(tmp_path):
+@pytest.mark.parametrize("name", ["slm.service", "slm-litestream.service"])
+def test_unit_files_verify_and_their_exposure_is_at_most_2(tmp_path, name):
     import re
     import shutil
     import subprocess
@@ -171,16 +172,18 @@ def test_unit_file_verifies_and_its_exposure_is_at_most_2(tmp_path):
     assert analyze, "build/bootstrap.sh installs systemd (for systemd-analyze)"
     # verify needs ExecStart to exist: point it at this checkout's `slm`
     slm = shutil.which("slm") or str(Path(os.sys.executable).parent / "slm")
-    unit = tmp_path / "slm.service"
-    unit.write_text(UNIT.read_text().replace("/usr/bin/slm", slm))
+    for other in UNITS.glob("*.service"):  # verify resolves PartOf= / Before= names
+        (tmp_path / other.name).write_text(other.read_text().replace("/usr/bin/slm", slm))
+    unit = tmp_path / name
     verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stderr
     security = subprocess.run([analyze, "security", "--offline=true", str(unit)],
                               capture_output=True, text=True)
-    level = re.search(r"Overall exposure level for slm.service: ([0-9.]+)", security.stdout)
+    level = re.search(rf"Overall exposure level for {name}: ([0-9.]+)", security.stdout)
     assert level, security.stdout + security.stderr
     assert float(level.group(1)) <= 2.0
     import tomllib
 
-    policy = tomllib.loads((UNIT.parents[2] / "policy" / "budget.toml").read_text())
-    assert f"MemoryMax={int(policy['budget_mb'])}M" in UNIT.read_text()
+    policy = tomllib.loads((UNITS.parents[1] / "policy" / "budget.toml").read_text())
+    if name == "slm.service":
+        assert f"MemoryMax={int(policy['budget_mb'])}M" in unit.read_text()

@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--replica", help="replica URL (default: ledger.replica of --config)")
     restore.add_argument("--config", type=Path, default=None, help="TOML config file")
     add_flags(restore, only_section="ledger")
+    replicate = ledger_sub.add_parser(
+        "replicate", help="run Litestream for the ledger in the foreground (the "
+        "slm-litestream.service companion unit) until SIGTERM, then ship the last pages")
+    replicate.add_argument("--config", type=Path, default=None, help="TOML config file")
+    replicate.add_argument(
+        "--check", action="store_true",
+        help="only say whether this config wants the companion unit (exit 0) or not (exit 1)")
+    add_flags(replicate, only_section="ledger")
 
     plan = sub.add_parser("plan", help="predict the memory footprint of a model")
     plan.add_argument("--model", type=Path, default=None,
@@ -131,14 +139,41 @@ def _ledger(args: argparse.Namespace) -> int:
         except BrokenPipeError:  # `| head` closed the pipe: not an error
             sys.stderr.close()
         return 0
+    settings = load_settings(args.config, flag_overrides(args))
+    if args.action == "replicate":
+        return _replicate(settings, check=args.check)
     from slm.replication import restore
 
-    settings = load_settings(args.config, flag_overrides(args))
     restore(_replica(settings, args.replica), args.out)
     verdict = ledger_audit.verify(args.out)
     print(f"restored {args.out}: {verdict.count} records, head {verdict.head}"
           + ("" if verdict.ok else f"; chain broken at record {verdict.broken_id}"))
     return 0 if verdict.ok else 1
+
+
+def _replicate(settings: Settings, *, check: bool) -> int:
+    """Foreground replication for the companion unit (``ledger.replicate_in_service`` off)."""
+    import signal
+    import threading
+
+    from slm.logs import setup_logging
+    from slm.replication import Replicator
+
+    wanted = bool(settings.replica) and not settings.replicate_in_service
+    if check:
+        return 0 if wanted else 1
+    if not wanted:
+        raise ConfigError("ledger replicate needs ledger.replica set and "
+                          "ledger.replicate_in_service = false")
+    setup_logging(settings.log_level, settings.log_format)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    replicator = Replicator(_replica(settings, None), Path(settings.ledger_path))
+    replicator.start()
+    stop.wait()
+    replicator.stop()
+    return 0
 
 
 def _positive(text: str) -> int:

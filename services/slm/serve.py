@@ -118,7 +118,9 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
         head_log_interval_s=settings.ledger_head_log_interval_s,
         app_checkpoints=replica is None,  # Litestream's guidance: it checkpoints, not us
     )
-    replicator = Replicator(replica, ledger.path) if replica else None
+    # with replicate_in_service off, the companion unit runs `slm ledger replicate`
+    replicator = (Replicator(replica, ledger.path)
+                  if replica and settings.replicate_in_service else None)
 
     from slm.api.app import create_app
     from slm.engine import quiet_llama_logs

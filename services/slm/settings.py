@@ -159,6 +159,10 @@ class Settings:
         "ledger", None, "S3-compatible endpoint URL for an `s3://` replica.",
     )
     replica_region: str = _setting("ledger", "us-east-1", "S3 region of the replica.")
+    replicate_in_service: bool = _setting(
+        "ledger", True, "Run Litestream as a child of the service; false when the "
+        "`slm-litestream.service` companion unit (`slm ledger replicate`) replicates.",
+    )
     replica_sync_interval_s: float = _setting(
         "ledger", 1.0, "How often Litestream ships new ledger pages.", check=_at_least(0.1),
     )
