@@ -25,6 +25,20 @@ def all_rows(path: Path) -> list[tuple]:
         conn.close()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children of every thread, recursively)."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
 def serve_some_requests(server, n: int = 12) -> None:
     for i in range(n):
         r = httpx.post(server.base + "/v1/completions",
@@ -138,9 +152,11 @@ def test_a_crashed_litestream_is_restarted(start_server, tiny_model, tmp_path):
     server = start_server(tiny_model, f'[ledger]\nreplica = "{replica}"\n')
 
     def litestream_pids() -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(server.proc.pid), "litestream"],
-                             capture_output=True, text=True).stdout
-        return [int(x) for x in out.split()]
+        # descendants, not only children: the one-file binary's launcher is the parent
+        out = subprocess.run(["pgrep", "-x", "litestream"], capture_output=True,
+                             text=True).stdout
+        mine = set(descendants(server.proc.pid))
+        return [int(x) for x in out.split() if int(x) in mine]
 
     first = litestream_pids()
     assert len(first) == 1
