@@ -43,6 +43,8 @@ FLAGS=(
   --include-package=uvicorn                          # protocol modules imported by name
   --include-package=phonenumbers                     # region metadata imported by name
   --nofollow-import-to=slm_policy
+  # build tools on PYTHONPATH: httpx would pull zstandard in (optional, not shipped)
+  --nofollow-import-to=zstandard --nofollow-import-to=nuitka
   --product-name=service-slm
   --product-version="$VERSION"
   --file-version="$VERSION.$BUILD_NUMBER"
