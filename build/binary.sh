@@ -26,6 +26,12 @@ fi
 
 build/ship-env.sh
 SHIP_PY="$OUT/ship-venv/bin/python"
+# up to date: same shipped set, same build script, binary still there
+want="$(cat "$OUT/ship-venv/.stamp" build/binary.sh build/slm_main.py | sha256sum | cut -d' ' -f1)"
+if [ -x "$OUT/bin/slm" ] && [ "$(cat "$OUT/bin/.stamp" 2>/dev/null)" = "$want" ]; then
+  echo "binary: $OUT/bin/slm is up to date" >&2
+  exit 0
+fi
 # Nuitka and zstandard (onefile compression) are build tools: beside the shipped set, not in it
 if [ "$(cat "$TOOLS/.version" 2>/dev/null)" != "$NUITKA_VERSION $ZSTANDARD_VERSION" ]; then
   rm -rf "$TOOLS"
@@ -91,3 +97,4 @@ with open(tmp, "w") as fh:
 os.replace(tmp, binary + ".manifest.json")
 print(json.dumps({k: manifest[k] for k in ("sha256", "size", "compile_seconds")}))
 PY
+echo "$want" > "$OUT/bin/.stamp"
