@@ -28,10 +28,13 @@ build/ship-env.sh
 SHIP_PY="$OUT/ship-venv/bin/python"
 # up to date: same shipped set, same build script, binary still there
 want="$(cat "$OUT/ship-venv/.stamp" build/binary.sh build/slm_main.py | sha256sum | cut -d' ' -f1)"
-if [ -x "$OUT/bin/slm" ] && [ "$(cat "$OUT/bin/.stamp" 2>/dev/null)" = "$want" ]; then
+if [ -x "$OUT/bin/slm" ] && [ -x "$OUT/bin/litestream" ] && [ -f "$OUT/bin/slm.manifest.json" ] \
+   && ls "$OUT"/share/slm/*.gguf >/dev/null 2>&1 \
+   && [ "$(cat "$OUT/bin/.stamp" 2>/dev/null)" = "$want" ]; then
   echo "binary: $OUT/bin/slm is up to date" >&2
   exit 0
 fi
+rm -f "$OUT/bin/.stamp"  # written again only when everything below succeeded
 # Nuitka and zstandard (onefile compression) are build tools: beside the shipped set, not in it
 if [ "$(cat "$TOOLS/.version" 2>/dev/null)" != "$NUITKA_VERSION $ZSTANDARD_VERSION" ]; then
   rm -rf "$TOOLS"

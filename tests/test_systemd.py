@@ -87,6 +87,16 @@ def test_ready_only_after_load_then_watchdog_then_stopping(tmp_path, tiny_model,
         server.stop()
 
 
+def test_watchdog_is_off_when_it_is_meant_for_another_process(tmp_path, tiny_model, notify):
+    server = start(tmp_path, tiny_model, notify, WATCHDOG_PID="1")
+    try:
+        ready = notify.first("READY=1")
+        time.sleep(1.6)
+        assert notify.pings(ready, time.monotonic()) == 0
+    finally:
+        server.stop()
+
+
 def test_a_stalled_engine_stops_the_watchdog_pings(tmp_path, tiny_model, notify):
     server = start(tmp_path, tiny_model, notify, SLM_TEST_STALL_WORKER_S="4")
     try:
@@ -157,6 +167,22 @@ def test_journal_field_names():
     assert journal_field("request_id") == "REQUEST_ID"
     assert journal_field("model_sha256") == "MODEL_SHA256"
     assert journal_field("_private.x") == "PRIVATE_X"
+    assert journal_field("2fa") == "SLM_2FA"  # journald drops fields starting with a digit
+    assert journal_field("priority") == "SLM_PRIORITY"  # never clashes with our own
+
+
+def test_journal_format_without_a_journal_falls_back_to_text(capfd):
+    import logging
+
+    from slm.logs import JournalHandler
+
+    handler = JournalHandler()
+    handler._send = lambda *a, **k: (_ for _ in ()).throw(OSError("no journal socket"))
+    record = logging.makeLogRecord({"msg": "hello", "levelname": "INFO", "levelno": 20,
+                                    "name": "slm.test"})
+    handler.emit(record)
+    handler.emit(record)
+    assert capfd.readouterr().err.count("INFO slm.test: hello") == 2
 
 
 UNITS = Path(__file__).parents[1] / "image" / "systemd"

@@ -113,7 +113,8 @@ def _replica(settings: Settings, url: str | None) -> Replica:
     url = url or settings.replica
     if not url:
         raise ConfigError("no replica: pass --replica URL or set ledger.replica in --config")
-    return Replica(url, endpoint=settings.replica_endpoint, region=settings.replica_region)
+    return Replica(url, endpoint=settings.replica_endpoint, region=settings.replica_region,
+                   sync_interval_s=settings.replica_sync_interval_s)
 
 
 def _ledger(args: argparse.Namespace) -> int:

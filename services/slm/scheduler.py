@@ -126,7 +126,11 @@ class Scheduler:
         self._test_stall_s = float(os.environ.get("SLM_TEST_STALL_WORKER_S", "0") or 0)
 
     def stalled(self, limit_s: float) -> bool:
-        """Whether a job has been running without progress for more than ``limit_s``."""
+        """Whether a job has been running without progress for more than ``limit_s``, or
+        the worker thread died."""
+        if self._thread.ident is not None and not self._thread.is_alive() \
+                and not self._stop.is_set():
+            return True
         return self.running is not None and time.monotonic() - self.last_progress > limit_s
 
     @property
@@ -225,6 +229,7 @@ class Scheduler:
             for tokens in job.embed_inputs:
                 if job.interrupted():
                     raise Interrupted()
+                self.last_progress = time.monotonic()
                 out.append(self._engine.embed(tokens))
             return out
         assert job.params is not None

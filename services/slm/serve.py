@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.api.app import create_app
     from slm.engine import quiet_llama_logs
     from slm.service import Doorman
+    from slm.systemd_notify import notify_ready
 
     quiet_llama_logs()
     doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx)
@@ -141,6 +143,13 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     def load() -> None:
         try:
             doorman.load()
+            # READY=1 only once the model is warm *and* the port is bound
+            while not server.started and not server.should_exit:
+                time.sleep(0.02)
+            if server.started:
+                assert doorman.engine is not None
+                notify_ready(f"serving {doorman.model_id} on {settings.host}:{settings.port} "
+                             f"(context {doorman.engine.n_ctx})")
         except SlmError as exc:
             log.error("model load failed: %s", exc.one_line())
             server.should_exit = True

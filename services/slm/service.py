@@ -28,7 +28,7 @@ from slm.model_file import ModelFile
 from slm.router import Router
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
 from slm.settings import Settings, environment_threads
-from slm.systemd_notify import notify_ready, notify_status, notify_stopping
+from slm.systemd_notify import notify_status, notify_stopping
 
 log = logging.getLogger("slm.service")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -98,7 +98,6 @@ class Doorman:
         self.scheduler.start()
         self.ready.set()
         self.metrics.ready.set(1)
-        notify_ready(f"serving {self.model_id} (context {engine.n_ctx})")
         log.info(
             "model ready",
             extra={

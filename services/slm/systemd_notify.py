@@ -50,7 +50,9 @@ def watchdog_interval_s() -> float | None:
     """Half of ``WATCHDOG_USEC`` when the watchdog is on for this process, else None."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+    # under the one-file binary, systemd's main PID is the launcher that runs us as its child
+    ours = {str(os.getpid()), os.environ.get("NUITKA_ONEFILE_PARENT", "")}
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid not in ours):
         return None
     return int(usec) / 2_000_000
 
