@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from pii_corpus import CORPUS, score_corpus
 from slm.errors import SlmError
 from slm.sanitise.detectors import (
     ENTITY_TYPES,
@@ -20,7 +20,6 @@ from slm.sanitise.detectors import (
     validate_ssn,
 )
 
-CORPUS = Path(__file__).parent / "data" / "pii_corpus.jsonl"
 JWT_IO = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9l"
           "IiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
 GENESIS = "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
@@ -388,21 +387,6 @@ def test_no_catastrophic_backtracking(detector: Detector, unit: str) -> None:
 
 
 # --------------------------------------------------------------------------- corpus
-def score_corpus(detector: Detector) -> tuple[Counter[str], Counter[str], Counter[str]]:
-    """True positives, false positives and false negatives per type (exact spans only)."""
-    tp: Counter[str] = Counter()
-    fp: Counter[str] = Counter()
-    fn: Counter[str] = Counter()
-    for line in CORPUS.read_text().splitlines():
-        record = json.loads(line)
-        gold = {(e["type"], e["start"], e["end"]) for e in record["entities"]}
-        got = {(s.type, s.start, s.end) for s in detector.find(record["text"])}
-        tp.update(t for t, _, _ in gold & got)
-        fp.update(t for t, _, _ in got - gold)
-        fn.update(t for t, _, _ in gold - got)
-    return tp, fp, fn
-
-
 def test_corpus_is_well_formed() -> None:
     lines = CORPUS.read_text().splitlines()
     assert len(lines) >= 150
