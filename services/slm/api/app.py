@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from slm import __version__
 from slm.api import schemas
-from slm.api.errors import error_response, http_error_response
+from slm.api.errors import error_body, error_response, http_error_response
 from slm.engine import Engine, GenerationResult, SamplingParams
 from slm.errors import (
     AuthenticationFailed,
@@ -135,6 +135,11 @@ async def _next_event(job: Job, disconnected: asyncio.Task[None]) -> Event:
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _error_event(exc: RequestError, message: str | None = None) -> bytes:
+    """An error after the stream started: one SSE event in OpenAI's error shape."""
+    return _sse(error_body(message or exc.message, exc.type, param=exc.param, code=exc.code))
 
 
 def _usage(result: GenerationResult) -> dict[str, Any]:
@@ -615,8 +620,7 @@ class DoormanAPI:
                 log_fields["error"] = exc.code
                 self._audit_nowait(request, endpoint, exc.status, exc.code)
                 ended = True
-                yield _sse({"error": {"message": vault.rehydrate(exc.message),
-                                      "type": exc.type, "param": None, "code": exc.code}})
+                yield _error_event(exc, vault.rehydrate(exc.message))
                 return
             leftovers = rehydrator.leftovers()  # the stream ended without a finish_reason
             if leftovers:
@@ -626,8 +630,7 @@ class DoormanAPI:
                 await self._audit(request, endpoint, 200)
             except LedgerUnavailable as exc:
                 ended = True
-                yield _sse({"error": {"message": exc.message, "type": exc.type,
-                                      "param": None, "code": exc.code}})
+                yield _error_event(exc)
                 return
             ended = True
             yield b"data: [DONE]\n\n"
@@ -740,8 +743,7 @@ class DoormanAPI:
             if not isinstance(err, LedgerUnavailable):
                 self._audit_nowait(request, endpoint, err.status, err.code)
             ended = True
-            yield _sse({"error": {"message": err.message, "type": err.type,
-                                  "param": err.param, "code": err.code}})
+            yield _error_event(err)
         finally:
             if not ended:
                 log_fields["cancelled"] = True
