@@ -19,9 +19,7 @@ missing=()
 command -v patchelf >/dev/null || missing+=(patchelf)
 command -v ccache >/dev/null || missing+=(ccache)
 if ((${#missing[@]})); then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  build/apt-install.sh "${missing[@]}"
 fi
 
 build/ship-env.sh

@@ -38,14 +38,7 @@ import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
 PY
 if ((${#missing[@]})); then
-  say "installing system packages: ${missing[*]}"
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
-    SUDO="sudo"
-  fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  build/apt-install.sh "${missing[@]}"
 fi
 
 # -- virtual environment --------------------------------------------------------------

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install the named apt packages (callers pass only the missing ones), through sudo when not
+# root. Used by build/bootstrap.sh and build/binary.sh.
+set -euo pipefail
+(($#)) || exit 0
+echo "installing system packages: $*" >&2
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "error: need root or sudo to install: $*" >&2; exit 1; }
+  SUDO="sudo"
+fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@"
