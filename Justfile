@@ -22,7 +22,7 @@ test *ARGS: setup
 
 # static checks (ruff)
 lint: setup
-    {{bin}}/ruff check services policy tests
+    {{bin}}/ruff check services policy tests image build
 
 # speed and memory figures: the default model against llama.cpp's llama-bench, the ledger,
 # and the sanitiser (precision/recall on the labelled corpus, MB/s)
@@ -50,3 +50,20 @@ licenses: setup
 # the memory-budget gate: the service under full-context load vs policy/budget.toml and the planner
 budget *ARGS: setup
     {{bin}}/slm-gate budget --json build/out/budget.json {{ARGS}}
+
+# build the appliance image for ARCH (amd64 | arm64) into build/out/image/ARCH/ and check its
+# size against policy/budget.toml
+image ARCH: setup
+    build/binary-for.sh {{ARCH}}
+    {{bin}}/python image/build.py {{ARCH}}
+    {{bin}}/slm-gate image build/out/image/{{ARCH}}/manifest.json
+
+# boot the image in qemu (TCG) and wait until it boots clean (no failed unit, /ready 200);
+# it keeps running: `image/vm.py ssh ARCH CMD`, `image/vm.py stop ARCH`
+boot ARCH: setup
+    {{bin}}/python image/vm.py boot {{ARCH}}
+
+# the testinfra suite against a freshly booted image (builds the image when missing)
+test-image ARCH *ARGS: setup
+    test -f build/out/image/{{ARCH}}/manifest.json || just image {{ARCH}}
+    {{bin}}/pytest tests/image --image-arch {{ARCH}} {{ARGS}}

@@ -68,9 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     bud.add_argument("--json", type=Path, help="write the measurements here")
     bud.add_argument("--calibrate", action="store_true",
                      help="measure the runtime baseline for budget.toml and stop")
+    img = sub.add_parser("image", help="the appliance image's size against the limit")
+    img.add_argument("manifest", type=Path, help="build/out/image/ARCH/manifest.json")
+    img.add_argument("--policy", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.gate == "budget":
         return _budget(args)
+    if args.gate == "image":
+        return _image(args)
     try:
         policy = load_policy(args.policy)
         packages = python_packages(args.python)
@@ -149,6 +154,23 @@ def _budget(args: argparse.Namespace) -> int:
                   f"{r['predicted'] / mib:.1f} MiB vs measured {r['measured'] / mib:.1f} MiB "
                   f"({r['error']:+.1%})", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _image(args: argparse.Namespace) -> int:
+    from slm_policy.budget import POLICY, load_budget
+    from slm_policy.image_size import ImageManifestError, check, load_manifest
+
+    try:
+        budget = load_budget(args.policy or POLICY)
+        manifest = load_manifest(args.manifest)
+    except (ValueError, ImageManifestError) as exc:
+        print(f"slm-gate: error: {exc}", file=sys.stderr)
+        return 2
+    lines, failures = check(manifest, budget)
+    print("\n".join(lines))
+    for failure in failures:
+        print(failure, file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
