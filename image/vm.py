@@ -56,6 +56,7 @@ class ApplianceVM:
     run_dir: Path
     memory_mb: int = 1024
     cpus: int = 2
+    boot_figures: dict | None = None  # what wait_clean_boot measured last
 
     @property
     def key(self) -> Path:
@@ -186,8 +187,9 @@ class ApplianceVM:
             raise VMError(f"/ready answered {status}: {body[:200]!r}")
         ready_at = time.time() - t0
         boot_check = self.ssh("cat /var/lib/slm-appliance/boot-check").stdout.strip()
-        return {"ssh_s": round(ssh_at, 1), "ready_s": round(ready_at, 1),
-                "waited_for_ssh_s": round(ssh_s, 1), "boot_check": boot_check}
+        self.boot_figures = {"ssh_s": round(ssh_at, 1), "ready_s": round(ready_at, 1),
+                             "waited_for_ssh_s": round(ssh_s, 1), "boot_check": boot_check}
+        return self.boot_figures
 
     def reboot(self, timeout: float = 900) -> dict:
         """Reboot the guest (qemu restarts it on the same disk) and wait for a clean boot."""

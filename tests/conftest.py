@@ -23,6 +23,19 @@ TINY_ID = "tiny"
 EOG_BIAS = {"2": -100, "4": -100}  # bans </s> and <|im_end|>: generation runs to max_tokens
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--image-arch", choices=["amd64", "arm64"], default=None,
+                     help="run tests/image against a booted appliance image of this arch")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/image boots the appliance in qemu: only with --image-arch (just test-image)."""
+    if collection_path == Path(__file__).parent / "image" and not config.getoption(
+            "--image-arch"):
+        return True
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

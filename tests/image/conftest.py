@@ -1,0 +1,77 @@
+"""Fixtures for the checks on a running appliance: `just test-image ARCH`.
+
+One VM per session, booted from a fresh copy-on-write overlay of
+build/out/image/ARCH/disk.raw under qemu (TCG); testinfra reaches it over SSH (OpenSSH's
+client, ControlMaster) on a forwarded loopback port.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import testinfra
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "image"))
+from vm import ApplianceVM  # noqa: E402
+
+BOOT_TIMEOUT_S = 900  # TCG: amd64 boots clean in about a minute, arm64 in a few
+
+
+@pytest.fixture(scope="session")
+def arch(pytestconfig: pytest.Config) -> str:
+    return pytestconfig.getoption("--image-arch")
+
+
+@pytest.fixture(scope="session")
+def image_dir(arch: str) -> Path:
+    directory = ROOT / "build/out/image" / arch
+    if not (directory / "manifest.json").is_file():
+        pytest.fail(f"no image in {directory}: run just image {arch}")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def manifest(image_dir: Path) -> dict:
+    return json.loads((image_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def vm(arch: str, image_dir: Path, tmp_path_factory: pytest.TempPathFactory
+       ) -> Iterator[ApplianceVM]:
+    machine = ApplianceVM(arch=arch, image_dir=image_dir,
+                          run_dir=tmp_path_factory.mktemp(f"vm-{arch}"))
+    machine.start()
+    try:
+        machine.wait_clean_boot(BOOT_TIMEOUT_S)
+        yield machine
+    finally:
+        machine.stop()
+
+
+@pytest.fixture(scope="session")
+def host(vm: ApplianceVM, tmp_path_factory: pytest.TempPathFactory):
+    config = tmp_path_factory.mktemp("ssh") / "config"
+    config.write_text(
+        "Host *\n"
+        f"  IdentityFile {vm.key}\n"
+        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        "  BatchMode yes\n  ControlMaster auto\n"
+        f"  ControlPath {vm.run_dir}/ssh-%C\n  ControlPersist 120\n")
+    return testinfra.get_host(f"ssh://root@127.0.0.1:{vm.ssh_port}", ssh_config=str(config))
+
+
+def guest_http(method: str, path: str, body: str = "") -> str:
+    """A shell command that makes one HTTP/1.1 request to the Doorman from inside the
+    guest (bash's /dev/tcp: the image carries no HTTP client) and prints the response."""
+    request = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body.encode())}"
+               f"\r\n\r\n{body}")
+    return ("bash -c " + shlex.quote(
+        f"exec 3<>/dev/tcp/127.0.0.1/8080 && printf %s {shlex.quote(request)} >&3 "
+        "&& timeout 300 cat <&3"))

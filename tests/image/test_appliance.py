@@ -1,0 +1,181 @@
+"""Checks on the running appliance (testinfra over SSH): the Doorman, its state, the
+hardening of the system. `just test-image ARCH`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import httpx
+import pytest
+from conftest import guest_http
+
+LEDGER = "/var/lib/slm/ledger.db"
+MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
+BUDGET_BYTES = 550 * 10**6  # policy/budget.toml budget_mb
+EXPOSURE_TARGET = 2.0       # as tests/test_systemd.py judges the unit files
+
+
+def _chat_body(text: str) -> str:
+    return json.dumps({"model": MODEL_ID, "max_tokens": 8, "temperature": 0,
+                       "messages": [{"role": "user", "content": text}]})
+
+
+def _ledger_count(host) -> int:
+    out = host.check_output(f"slm ledger verify --db {LEDGER}")
+    return int(re.match(r"ok: (\d+) records", out).group(1))
+
+
+def test_boot_was_clean_and_recorded(vm, host):
+    assert vm.boot_figures and vm.boot_figures["ready_s"] > 0
+    assert host.file("/var/lib/slm-appliance/boot-check").content_string.startswith(
+        "clean boot")
+    assert host.service("slm-boot-check.service").is_enabled
+
+
+def test_slm_service_is_active_and_enabled(host):
+    slm = host.service("slm.service")
+    assert slm.is_running and slm.is_enabled
+    assert host.check_output("systemctl show -p Type --value slm.service") == "notify"
+
+
+def test_slm_runs_as_its_own_non_root_user(host):
+    pid = host.check_output("systemctl show -p MainPID --value slm.service")
+    user = host.check_output(f"ps -o user= -p {pid}").strip()
+    uid = int(host.check_output(f"ps -o uid= -p {pid}").strip())
+    assert user == "slm" and uid >= 1000  # DynamicUser: a uid from 61184-65519
+    assert host.check_output(f"readlink /proc/{pid}/exe") == "/usr/lib/slm/bin/slm.bin"
+
+
+def test_only_sshd_and_the_doorman_listen_beyond_loopback(host):
+    def beyond_loopback(flags: str) -> set[str]:
+        sockets = host.check_output(f"ss -Hl{flags} | awk '{{print $5}}'").split()
+        return {a for a in sockets if not a.startswith(("127.", "[::1]", "[::ffff:127."))}
+
+    assert beyond_loopback("tn") == {"0.0.0.0:22", "[::]:22", "0.0.0.0:8080"}
+    # UDP: only networkd's DHCP client socket (port 68 on the interface's address)
+    assert {a.rsplit(":", 1)[1] for a in beyond_loopback("un")} <= {"68"}
+
+
+def test_ready_inside_the_guest(host):
+    response = host.check_output(guest_http("GET", "/ready"))
+    assert response.startswith("HTTP/1.1 200")
+    assert '"status":"ready"' in response.replace(" ", "")
+
+
+def test_chat_completion_inside_the_guest(host):
+    response = host.check_output(guest_http("POST", "/v1/chat/completions",
+                                            _chat_body("Say hello.")))
+    assert response.startswith("HTTP/1.1 200"), response[:300]
+    body = json.loads(response.split("\r\n\r\n", 1)[1])
+    assert body["choices"][0]["message"]["content"].strip()
+    assert body["usage"]["completion_tokens"] > 0
+
+
+def test_chat_completion_through_the_forwarded_port(vm):
+    response = httpx.post(vm.url + "/v1/chat/completions", content=_chat_body("Hi."),
+                          headers={"Content-Type": "application/json"}, timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-slm-tier"] == "A"
+    assert response.json()["choices"][0]["message"]["content"].strip()
+
+
+def test_ledger_grows_with_a_request_and_verifies(vm, host):
+    assert host.file(LEDGER).exists
+    before = _ledger_count(host)
+    response = httpx.post(vm.url + "/v1/chat/completions", content=_chat_body("Count."),
+                          headers={"Content-Type": "application/json"}, timeout=300)
+    assert response.status_code == 200
+    assert _ledger_count(host) == before + 1
+
+
+def test_root_file_system_is_read_only_squashfs(host):
+    root = host.mount_point("/")
+    assert root.filesystem == "squashfs" and "ro" in root.options
+    assert host.run("touch /usr/lib/slm/written").rc != 0
+    var = host.mount_point("/var")
+    assert var.filesystem == "ext4" and "rw" in var.options
+
+
+def test_no_compiler_and_no_package_cache(host):
+    for tool in ("gcc", "cc", "c++", "g++", "clang", "tcc", "make", "as", "ld"):
+        assert not host.exists(tool), tool
+    assert host.check_output("find /var/cache/apt /var/lib/apt/lists -type f | wc -l") == "0"
+    assert host.check_output("ls /usr/share/man 2>/dev/null | wc -l") == "0"
+
+
+def test_journal_has_the_services_structured_entries(vm, host):
+    httpx.get(vm.url + "/v1/models", timeout=30)
+    lines = host.check_output("journalctl -b -u slm.service -o json --no-pager "
+                              "SYSLOG_IDENTIFIER=slm").splitlines()
+    entries = [json.loads(line) for line in lines]
+    requests = [e for e in entries if "REQUEST_ID" in e]
+    assert requests, "no request entries with a REQUEST_ID field"
+    assert all(e.get("LOGGER", "").startswith("slm") for e in requests)
+    assert {"PRIORITY", "CODE_FILE"} <= set(requests[-1])
+
+
+def test_watchdog_is_configured_and_fed(host):
+    assert host.check_output("systemctl show -p WatchdogUSec --value slm.service") == "1min"
+    assert host.check_output("systemctl show -p NRestarts --value slm.service") == "0"
+
+
+def test_unit_exposure_is_within_target(host):
+    out = host.run("systemd-analyze security --no-pager slm.service").stdout
+    level = float(re.search(r"Overall exposure level for slm.service: ([0-9.]+)",
+                            out).group(1))
+    assert level <= EXPOSURE_TARGET, out[-400:]
+
+
+def test_memory_stays_under_the_budget_after_load(vm, host):
+    for i in range(3):
+        httpx.post(vm.url + "/v1/chat/completions", content=_chat_body(f"Load {i}."),
+                   headers={"Content-Type": "application/json"}, timeout=300)
+    peak = int(host.file("/sys/fs/cgroup/system.slice/slm.service/memory.peak")
+               .content_string)
+    limit = host.check_output("systemctl show -p MemoryMax --value slm.service")
+    assert 0 < peak <= BUDGET_BYTES, peak
+    assert int(limit) == 550 * 1024 * 1024
+
+
+def test_model_sha256_matches_the_manifest(host, manifest):
+    model = manifest["model"]
+    assert host.file(model["path"]).sha256sum == model["sha256"]
+    inside = json.loads(host.file("/usr/lib/slm/image.json").content_string)
+    assert inside["model"]["sha256"] == model["sha256"]
+    assert inside["binary"]["sha256"] == manifest["binary"]["sha256"]
+
+
+def test_no_world_writable_files(host):
+    found = host.check_output(
+        "find / -xdev \\( -type f -o -type d \\) -perm -0002 ! -perm -1000 2>/dev/null; "
+        "find /var -xdev \\( -type f -o -type d \\) -perm -0002 ! -perm -1000 2>/dev/null")
+    assert found == ""
+
+
+def test_sshd_refuses_passwords(vm, host):
+    config = host.check_output("sshd -T")
+    assert "passwordauthentication no" in config
+    assert "kbdinteractiveauthentication no" in config
+    attempt = subprocess.run(
+        ["ssh", "-F", "none", "-p", str(vm.ssh_port), "-o", "StrictHostKeyChecking=no",
+         "-o", "UserKnownHostsFile=/dev/null", "-o", "PubkeyAuthentication=no",
+         "-o", "PreferredAuthentications=password,keyboard-interactive",
+         "-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "root@127.0.0.1", "true"],
+        capture_output=True, text=True, timeout=60)
+    assert attempt.returncode == 255
+    assert "Permission denied (publickey)" in attempt.stderr
+
+
+def test_first_boot_made_the_host_key_on_the_state_partition(host):
+    assert host.file("/var/lib/slm-appliance/firstboot.done").exists
+    key = host.file("/var/lib/slm-appliance/ssh/ssh_host_ed25519_key")
+    assert key.exists and key.mode == 0o600 and key.user == "root"
+    assert not host.check_output("ls /etc/ssh | grep -c ssh_host_ || true").strip("0\n")
+
+
+@pytest.mark.parametrize("path", ["/etc/slm/slm.toml", "/usr/lib/systemd/system/slm.service"])
+def test_appliance_files_are_root_owned_and_not_writable_by_others(host, path):
+    f = host.file(path)
+    assert f.user == "root" and not f.mode & 0o022

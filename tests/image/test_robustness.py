@@ -1,0 +1,72 @@
+"""The appliance recovers: a killed Doorman is restarted and its ledger still verifies; a
+reboot keeps the state. Runs after test_appliance.py (it restarts the service and the VM)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+LEDGER = "/var/lib/slm/ledger.db"
+MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
+
+
+def _verify(host) -> tuple[int, str]:
+    out = host.check_output(f"slm ledger verify --db {LEDGER}")
+    count, head = re.match(r"ok: (\d+) records, head ([0-9a-f]{64})", out).groups()
+    return int(count), head
+
+
+def _wait_ready(vm, timeout: float = 600) -> float:
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        try:
+            if vm.get("/ready", timeout=5)[0] == 200:
+                return time.monotonic() - began
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"/ready not 200 within {timeout} s")
+
+
+def _chat(vm) -> None:
+    response = httpx.post(vm.url + "/v1/chat/completions", timeout=300, json={
+        "model": MODEL_ID, "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Still there?"}]})
+    assert response.status_code == 200, response.text
+
+
+def test_killed_service_is_restarted_and_the_ledger_verifies(vm, host):
+    _chat(vm)
+    count, _ = _verify(host)
+    pid = host.check_output("systemctl show -p MainPID --value slm.service")
+    host.run_expect([0], "systemctl kill -s KILL slm.service")
+    time.sleep(3)
+    took = _wait_ready(vm)
+    assert host.check_output("systemctl show -p MainPID --value slm.service") != pid
+    assert int(host.check_output("systemctl show -p NRestarts --value slm.service")) >= 1
+    assert host.service("slm.service").is_running
+    # every acknowledged record survived the SIGKILL
+    assert _verify(host)[0] >= count
+    _chat(vm)
+    assert _verify(host)[0] >= count + 1
+    print(f"ready again {took:.1f} s after SIGKILL")
+
+
+def test_reboot_keeps_the_state(vm, host):
+    _chat(vm)
+    count, head = _verify(host)
+    host_key = host.file("/var/lib/slm-appliance/ssh/ssh_host_ed25519_key.pub").content_string
+    firstboot = host.file("/var/lib/slm-appliance/firstboot.done").content_string
+    figures = vm.reboot()
+    assert figures["boot_check"].startswith("clean boot"), figures
+    assert _verify(host) == (count, head)
+    assert host.file("/var/lib/slm-appliance/ssh/ssh_host_ed25519_key.pub"
+                     ).content_string == host_key
+    assert host.file("/var/lib/slm-appliance/firstboot.done").content_string == firstboot
+    _chat(vm)
+    assert _verify(host)[0] == count + 1
+    # the persistent journal on /var kept the first boot's log (the machine id is
+    # transient on the read-only root, so earlier boots are read with --merge)
+    assert len(host.check_output("journalctl --merge -F _BOOT_ID").split()) >= 2
