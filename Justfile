@@ -66,4 +66,4 @@ boot ARCH: setup
 # the testinfra suite against a freshly booted image (builds the image when missing)
 test-image ARCH *ARGS: setup
     test -f build/out/image/{{ARCH}}/manifest.json || just image {{ARCH}}
-    {{bin}}/pytest tests/image --image-arch {{ARCH}} {{ARGS}}
+    {{bin}}/pytest tests/image --image-arch {{ARCH}} --timeout 1800 {{ARGS}}

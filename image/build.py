@@ -67,10 +67,10 @@ def _sha256(path: Path) -> str:
 
 def _ensure_tools(arch: str) -> None:
     missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
-    if arch != _host_arch() and not Path(f"/usr/bin/qemu-{_qemu_arch(arch)}-static").exists():
-        missing.append("qemu-user-static")
     if missing:
         _run([str(ROOT / "build/apt-install.sh"), *missing])
+    if arch != _host_arch():  # mmdebstrap and the binary's unpacking run ARCH code
+        _run([str(ROOT / "build/ensure-binfmt.sh"), _qemu_arch(arch)])
 
 
 def _host_arch() -> str:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Make sure this machine runs MACHINE (e.g. aarch64) executables through qemu-user:
+# binfmt_misc mounted and qemu's handler registered (qemu-user-static + binfmt-support).
+set -euo pipefail
+MACHINE="${1:?usage: build/ensure-binfmt.sh aarch64}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[ -x "/usr/bin/qemu-$MACHINE-static" ] && command -v update-binfmts >/dev/null \
+  || "$ROOT/build/apt-install.sh" qemu-user-static binfmt-support
+if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$MACHINE" ]; then
+  update-binfmts --enable "qemu-$MACHINE" >/dev/null 2>&1 \
+    || update-binfmts --import "qemu-$MACHINE"
+fi
+grep -q '^enabled' "/proc/sys/fs/binfmt_misc/qemu-$MACHINE" \
+  || { echo "ensure-binfmt: qemu-$MACHINE is not enabled in binfmt_misc" >&2; exit 1; }
