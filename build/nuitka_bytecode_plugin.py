@@ -21,6 +21,7 @@ class NuitkaPluginSlmBytecode(NuitkaPluginBase):
         return True
 
     def decideCompilation(self, module_name):
-        if module_name.getTopLevelPackageName() in COMPILED:
+        top = module_name.getTopLevelPackageName()
+        if top in COMPILED or top.startswith("__"):  # __parents_main__ and kin: Nuitka's own
             return "compiled"
         return "bytecode"

@@ -61,7 +61,7 @@ def test_slm_runs_as_its_own_non_root_user(host):
 
 def test_only_sshd_and_the_doorman_listen_beyond_loopback(host):
     def beyond_loopback(flags: str) -> set[str]:
-        sockets = host.check_output(f"ss -Hl{flags} | awk '{{print $5}}'").split()
+        sockets = host.check_output(f"ss -Hl{flags} | awk '{{print $4}}'").split()
         return {a for a in sockets if not a.startswith(("127.", "[::1]", "[::ffff:127."))}
 
     assert beyond_loopback("tn") == {"0.0.0.0:22", "[::]:22", "0.0.0.0:8080"}
