@@ -8,8 +8,9 @@
 #     Debian's aarch64 cross toolchain into a llama-cpp-python wheel (cached);
 #   - the other packages come as prebuilt aarch64 wheels (pip download), so nothing else
 #     is compiled under emulation except systemd-python's one small extension;
-#   - build/nuitka_bytecode_plugin.py compiles only the slm package to C and takes every
-#     other module as bytecode; no LTO (single-threaded and very slow emulated).
+#   - build/nuitka_bytecode_plugin.py takes the larger pure-Python dependencies
+#     (phonenumbers' ~300 metadata modules, starlette, h11, ...) as bytecode instead of C;
+#     no LTO (single-threaded and very slow emulated).
 # Release builds should run build/binary.sh on a native arm64 machine instead (everything
 # compiled to C, as on amd64): see docs/ARCHITECTURE.md.
 # Runs as root (mmdebstrap, chroot, bind mounts).

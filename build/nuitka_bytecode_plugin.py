@@ -1,27 +1,29 @@
-"""Nuitka user plugin: compile only the Doorman's own code (``slm``) to C and include
-every other module as bytecode.
+"""Nuitka user plugin: include the larger pure-Python dependencies as bytecode instead of
+compiling them to C.
 
 Used for binaries built inside an emulated chroot (build/binary-emulated.sh), where each
-C file costs ~10x its native compile time: the third-party set (uvicorn, starlette, httpx,
-jinja2, ...) is what makes a full Nuitka build long. Bytecode modules run in the embedded
-interpreter at CPython's own speed. Release builds on a native machine compile everything.
+C file costs ~10x its native compile time. Bytecode modules run in the embedded
+interpreter at CPython's own speed. Only packages that Nuitka's package configuration has
+no entries for (no anti-bloat or load triggers; those crash in bytecode mode) are listed;
+phonenumbers alone brings ~300 region-metadata modules. Release builds on a native machine
+compile everything.
 """
 
 from nuitka.plugins.PluginBase import NuitkaPluginBase
 
-COMPILED = ("slm", "slm_main", "__main__")
+BYTECODE = frozenset({"phonenumbers", "starlette", "httpcore", "h11", "prometheus_client",
+                      "msgspec", "idna", "markupsafe", "sniffio"})
 
 
 class NuitkaPluginSlmBytecode(NuitkaPluginBase):
     plugin_name = "slm-bytecode"
-    plugin_desc = "Compile only the slm package to C; other modules as bytecode."
+    plugin_desc = "Include the larger trigger-free pure-Python dependencies as bytecode."
 
     @staticmethod
     def isAlwaysEnabled():
         return True
 
     def decideCompilation(self, module_name):
-        top = module_name.getTopLevelPackageName()
-        if top in COMPILED or top.startswith("__"):  # __parents_main__ and kin: Nuitka's own
-            return "compiled"
-        return "bytecode"
+        if module_name.getTopLevelPackageName().asString() in BYTECODE:
+            return "bytecode"
+        return None

@@ -74,4 +74,4 @@ def guest_http(method: str, path: str, body: str = "") -> str:
                f"\r\n\r\n{body}")
     return ("bash -c " + shlex.quote(
         f"exec 3<>/dev/tcp/127.0.0.1/8080 && printf %s {shlex.quote(request)} >&3 "
-        "&& timeout 300 cat <&3"))
+        "&& timeout 900 cat <&3"))

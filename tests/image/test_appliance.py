@@ -34,7 +34,7 @@ def forwarded_chat(vm, host) -> tuple[httpx.Response, int, int]:
     before and after it."""
     before = _ledger_count(host)
     response = httpx.post(vm.url + "/v1/chat/completions", content=_chat_body("Hi."),
-                          headers={"Content-Type": "application/json"}, timeout=600)
+                          headers={"Content-Type": "application/json"}, timeout=900)
     return response, before, _ledger_count(host)
 
 
