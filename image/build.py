@@ -296,6 +296,8 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
         ["git", "-C", str(ROOT), "log", "-1", "--format=%ct"], capture_output=True,
         text=True).stdout.strip() or 0)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the manifest is written last: without it, the directory is not a finished image
+    (out_dir / "manifest.json").unlink(missing_ok=True)
     if authorized_keys is None:  # a development key, kept beside the image
         key = out_dir / "ssh/id_ed25519"
         if not key.exists():
