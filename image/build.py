@@ -95,11 +95,12 @@ def load_recipe(path: Path = IMAGE_SRC / "recipe.toml") -> dict:
     return recipe
 
 
-def unpack_binary(onefile: Path, dest: Path) -> None:
+def unpack_binary(onefile: Path, dest: Path, rootfs: Path) -> None:
     """Unpack the one-file binary's payload (its cached-extraction mode) into ``dest``:
-    the appliance runs ``slm.bin`` from a read-only tree, with nothing unpacked at start."""
+    the appliance runs ``slm.bin`` from a read-only tree, with nothing unpacked at start.
+    It runs against the image's own libraries (``rootfs``; under qemu-user when foreign)."""
     with tempfile.TemporaryDirectory(prefix="slm-unpack-") as cache:
-        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        env = {**os.environ, "XDG_CACHE_HOME": cache, "QEMU_LD_PREFIX": str(rootfs)}
         _run([str(onefile), "--version"], env=env, stdout=subprocess.DEVNULL)
         unpacked = [p for p in Path(cache, "slm").iterdir() if (p / "slm.bin").is_file()]
         if len(unpacked) != 1:
@@ -310,10 +311,10 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
     work.mkdir()
     rootfs = work / "rootfs"
     payload = work / "payload/slm"
-    unpack_binary(binary, payload)
+    _mmdebstrap(recipe, arch, rootfs, epoch)
+    unpack_binary(binary, payload, rootfs)
     if (binary.parent / "litestream").is_file():
         shutil.copy2(binary.parent / "litestream", payload.parent / "litestream")
-    _mmdebstrap(recipe, arch, rootfs, epoch)
     installed = _install_payload(rootfs, payload, model, binary_manifest)
     _customize(recipe, rootfs, authorized_keys)
     packages = _packages(rootfs)
