@@ -110,6 +110,13 @@ PLATFORMS=(--platform "manylinux2014_$MACHINE" --platform "manylinux_2_17_$MACHI
 "$HOST_PY" -m pip --disable-pip-version-check -q wheel --no-deps "$ROOT" -w "$WHEELS"
 
 # 3. the ARCH build chroot (an arm64 Debian with Python and a C compiler), kept between runs
+# mounts left by an interrupted run: undo them before anything removes the chroot (/dev and
+# the host's / are bind-mounted into it)
+awk -v c="$CHROOT/" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r \
+  | xargs -r -n1 umount -l
+if awk -v c="$CHROOT/" 'index($2, c) == 1 {found=1} END {exit !found}' /proc/mounts; then
+  echo "binary-emulated: $CHROOT still has mounts; refusing to touch it" >&2; exit 1
+fi
 CHROOT_PACKAGES="python3-dev,python3-venv,gcc,libc6-dev,patchelf,ccache,libsystemd-dev,pkg-config,libgomp1"
 if [ "$(cat "$CHROOT/.packages" 2>/dev/null)" != "$SUITE $CHROOT_PACKAGES" ]; then
   say "making the $ARCH build chroot (emulated dpkg: minutes, once)"
