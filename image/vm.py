@@ -192,14 +192,22 @@ class ApplianceVM:
         return self.boot_figures
 
     def reboot(self, timeout: float = 900) -> dict:
-        """Reboot the guest (qemu restarts it on the same disk) and wait for a clean boot."""
+        """Reboot the guest (qemu restarts it on the same disk) and wait for a clean boot
+        of the *new* system (its boot id differs: the old sshd may still answer)."""
+        boot_id = "cat /proc/sys/kernel/random/boot_id"
+        old = self.ssh(boot_id).stdout.strip()
         self.ssh("systemctl reboot", check=False, timeout=30)
-        subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={self.run_dir}/ssh-%C",
-                        "-p", str(self.ssh_port), "root@127.0.0.1"], capture_output=True)
-        time.sleep(5)
         state = self._state()
         state["started"] = time.time()
         (self.run_dir / "vm.json").write_text(json.dumps(state))
+        began = time.monotonic()
+        while True:
+            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={self.run_dir}/ssh-%C",
+                            "-p", str(self.ssh_port), "root@127.0.0.1"], capture_output=True)
+            time.sleep(3)
+            self.wait_ssh(max(30.0, timeout - (time.monotonic() - began)))
+            if self.ssh(boot_id, check=False).stdout.strip() not in ("", old):
+                break
         return self.wait_clean_boot(timeout)
 
     def stop(self) -> None:
