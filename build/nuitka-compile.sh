@@ -43,14 +43,12 @@ MODEL="$("$SHIP_PY" -c 'from slm.model_file import default_model_path; print(def
 cp "$MODEL" "$OUT/share/slm/.model.tmp" && mv "$OUT/share/slm/.model.tmp" "$OUT/share/slm/$(basename "$MODEL")"
 
 TOOLS="$TOOLS" "$SHIP_PY" - "$OUT/bin/slm" "$took" "$MODEL" "${FLAGS[@]}" <<'PY'
-import hashlib, json, os, platform, sys
+import json, os, platform, sys
+from pathlib import Path
+from slm.model_file import sha256_of
 binary, took, model, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of(Path(path))
 sys.path.insert(0, os.environ.get("TOOLS", ""))
 manifest = {
     "artefact": "slm", "sha256": sha(binary), "size": os.path.getsize(binary),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ import time
 import tomllib
 import uuid
 from pathlib import Path
+
+from slm.model_file import sha256_of
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SRC = ROOT / "image"
@@ -55,14 +56,6 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, check=True, **kw)
     except subprocess.CalledProcessError as exc:
         raise ImageBuildError(f"{cmd[0]} failed with exit code {exc.returncode}") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _ensure_tools(arch: str) -> None:
@@ -111,7 +104,9 @@ def unpack_binary(onefile: Path, dest: Path, rootfs: Path) -> None:
         if not path.is_symlink():
             executable = path.is_dir() or path.stat().st_mode & 0o100
             path.chmod(0o755 if executable else 0o644)
-    _hardlink_duplicates(dest)
+    saved = _hardlink_duplicates(dest)
+    print(f"image: unpacked {onefile.name}; identical files hard-linked, "
+          f"{saved / 1e6:.1f} MB saved", file=sys.stderr)
 
 
 def _hardlink_duplicates(tree: Path) -> int:
@@ -122,7 +117,7 @@ def _hardlink_duplicates(tree: Path) -> int:
     for path in sorted(tree.rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
-        key = (path.stat().st_size, _sha256(path))
+        key = (path.stat().st_size, sha256_of(path))
         if key in seen:
             path.unlink()
             os.link(seen[key], path)
@@ -160,7 +155,7 @@ def _install_payload(rootfs: Path, payload: Path, model: Path, binary_manifest: 
         shutil.copy2(litestream, dest / "bin" / "litestream")
     (dest / "share/slm").mkdir(parents=True)
     shutil.copy2(model, dest / "share/slm" / model.name)
-    model_sha = _sha256(dest / "share/slm" / model.name)
+    model_sha = sha256_of(dest / "share/slm" / model.name)
     if model_sha != binary_manifest["model"]["sha256"]:
         raise ImageBuildError(f"{model}: sha256 {model_sha} differs from the binary "
                               f"manifest's {binary_manifest['model']['sha256']}")
@@ -347,9 +342,9 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
                   "root_squashfs_bytes": root_img.stat().st_size,
                   "state_bytes": state_img.stat().st_size,
                   "kernel_bytes": kernel.stat().st_size, "initrd_bytes": initrd.stat().st_size},
-        "sha256": {"disk.raw": _sha256(out_dir / "disk.raw"),
-                   "vmlinuz": _sha256(out_dir / "vmlinuz"),
-                   "initrd.img": _sha256(out_dir / "initrd.img")},
+        "sha256": {"disk.raw": sha256_of(out_dir / "disk.raw"),
+                   "vmlinuz": sha256_of(out_dir / "vmlinuz"),
+                   "initrd.img": sha256_of(out_dir / "initrd.img")},
         "largest": largest, "packages": packages,
         "build_seconds": round(time.monotonic() - began, 1),
     }
