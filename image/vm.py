@@ -127,14 +127,26 @@ class ApplianceVM:
         state = {"pid": int(pidfile.read_text()), "ssh_port": ssh_port,
                  "http_port": http_port, "started": time.time(), "arch": self.arch}
         (self.run_dir / "vm.json").write_text(json.dumps(state))
+        self._write_ssh_config()
+
+    @property
+    def ssh_config(self) -> Path:
+        """This VM's ssh_config (written by ``start``), used here and by testinfra."""
+        return self.run_dir / "ssh_config"
+
+    def _write_ssh_config(self) -> None:
+        """Key only, no host-key pinning (a new host key per image), one shared master
+        connection."""
+        self.ssh_config.write_text(
+            "Host *\n"
+            f"  IdentityFile {self.key}\n"
+            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+            "  BatchMode yes\n  ConnectTimeout 10\n  ControlMaster auto\n"
+            f"  ControlPath {self.run_dir}/ssh-%C\n  ControlPersist 120\n")
 
     def ssh_command(self, command: str) -> list[str]:
         """The ssh invocation that runs ``command`` as root in the VM."""
-        return ["ssh", "-F", "none", "-i", str(self.key), "-p", str(self.ssh_port),
-                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.run_dir}/ssh-%C",
-                "-o", "ControlPersist=120",
+        return ["ssh", "-F", str(self.ssh_config), "-p", str(self.ssh_port),
                 "root@127.0.0.1", command]
 
     def ssh(self, command: str, timeout: float = 120, check: bool = True
@@ -202,7 +214,7 @@ class ApplianceVM:
         (self.run_dir / "vm.json").write_text(json.dumps(state))
         began = time.monotonic()
         while True:
-            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={self.run_dir}/ssh-%C",
+            subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit",
                             "-p", str(self.ssh_port), "root@127.0.0.1"], capture_output=True)
             time.sleep(3)
             self.wait_ssh(max(30.0, timeout - (time.monotonic() - began)))
