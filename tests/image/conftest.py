@@ -8,6 +8,7 @@ client, ControlMaster) on a forwarded loopback port.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "image"))
 from vm import ApplianceVM  # noqa: E402
 
+LEDGER = "/var/lib/slm/ledger.db"
 BOOT_TIMEOUT_S = 900  # TCG: amd64 boots clean in about a minute, arm64 in a few
 
 
@@ -55,15 +57,9 @@ def vm(arch: str, image_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
-def host(vm: ApplianceVM, tmp_path_factory: pytest.TempPathFactory):
-    config = tmp_path_factory.mktemp("ssh") / "config"
-    config.write_text(
-        "Host *\n"
-        f"  IdentityFile {vm.key}\n"
-        "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-        "  BatchMode yes\n  ControlMaster auto\n"
-        f"  ControlPath {vm.run_dir}/ssh-%C\n  ControlPersist 120\n")
-    return testinfra.get_host(f"ssh://root@127.0.0.1:{vm.ssh_port}", ssh_config=str(config))
+def host(vm: ApplianceVM):
+    return testinfra.get_host(f"ssh://root@127.0.0.1:{vm.ssh_port}",
+                              ssh_config=str(vm.ssh_config))
 
 
 def guest_http(method: str, path: str, body: str = "") -> str:
@@ -75,3 +71,11 @@ def guest_http(method: str, path: str, body: str = "") -> str:
     return ("bash -c " + shlex.quote(
         f"exec 3<>/dev/tcp/127.0.0.1/8080 && printf %s {shlex.quote(request)} >&3 "
         "&& timeout 900 cat <&3"))
+
+
+def ledger_verify(host) -> tuple[int, str]:
+    """Run `slm ledger verify` in the guest (it fails unless the chain is intact); returns
+    the record count and the head hash."""
+    out = host.check_output(f"slm ledger verify --db {LEDGER}")
+    count, head = re.match(r"ok: (\d+) records, head ([0-9a-f]{64})", out).groups()
+    return int(count), head

@@ -9,9 +9,8 @@ import subprocess
 
 import httpx
 import pytest
-from conftest import guest_http
+from conftest import LEDGER, guest_http, ledger_verify
 
-LEDGER = "/var/lib/slm/ledger.db"
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
 BUDGET_BYTES = 550 * 10**6  # policy/budget.toml budget_mb
 EXPOSURE_TARGET = 2.0       # as tests/test_systemd.py judges the unit files
@@ -23,19 +22,14 @@ def _chat_body(text: str) -> str:
                        "messages": [{"role": "user", "content": text}]})
 
 
-def _ledger_count(host) -> int:
-    out = host.check_output(f"slm ledger verify --db {LEDGER}")
-    return int(re.match(r"ok: (\d+) records", out).group(1))
-
-
 @pytest.fixture(scope="module")
 def forwarded_chat(vm, host) -> tuple[httpx.Response, int, int]:
     """One chat completion through the forwarded port, with the ledger's record count
     before and after it."""
-    before = _ledger_count(host)
+    before = ledger_verify(host)[0]
     response = httpx.post(vm.url + "/v1/chat/completions", content=_chat_body("Hi."),
                           headers={"Content-Type": "application/json"}, timeout=900)
-    return response, before, _ledger_count(host)
+    return response, before, ledger_verify(host)[0]
 
 
 def test_boot_was_clean_and_recorded(vm, host):
@@ -94,7 +88,7 @@ def test_chat_completion_through_the_forwarded_port(forwarded_chat):
 def test_ledger_grows_with_a_request_and_verifies(host, forwarded_chat):
     _response, before, after = forwarded_chat
     assert host.file(LEDGER).exists and host.file(LEDGER).size > 0
-    assert after == before + 1  # _ledger_count ran `slm ledger verify`: the chain is intact
+    assert after == before + 1  # ledger_verify ran `slm ledger verify`: the chain is intact
 
 
 def test_root_file_system_is_read_only_squashfs(host):

@@ -3,18 +3,10 @@ reboot keeps the state. Runs after test_appliance.py (it restarts the service an
 
 from __future__ import annotations
 
-import re
 import time
 
 import httpx
-
-LEDGER = "/var/lib/slm/ledger.db"
-
-
-def _verify(host) -> tuple[int, str]:
-    out = host.check_output(f"slm ledger verify --db {LEDGER}")
-    count, head = re.match(r"ok: (\d+) records, head ([0-9a-f]{64})", out).groups()
-    return int(count), head
+from conftest import ledger_verify
 
 
 def _wait_ready(vm, timeout: float = 600) -> float:
@@ -40,7 +32,7 @@ def _recorded_request(vm) -> None:
 
 def test_killed_service_is_restarted_and_the_ledger_verifies(vm, host):
     _recorded_request(vm)
-    count, _ = _verify(host)
+    count, _ = ledger_verify(host)
     pid = host.check_output("systemctl show -p MainPID --value slm.service")
     host.run_expect([0], "systemctl kill -s KILL slm.service")
     time.sleep(3)
@@ -49,25 +41,25 @@ def test_killed_service_is_restarted_and_the_ledger_verifies(vm, host):
     assert int(host.check_output("systemctl show -p NRestarts --value slm.service")) >= 1
     assert host.service("slm.service").is_running
     # every acknowledged record survived the SIGKILL
-    assert _verify(host)[0] == count
+    assert ledger_verify(host)[0] == count
     _recorded_request(vm)
-    assert _verify(host)[0] == count + 1
+    assert ledger_verify(host)[0] == count + 1
     print(f"ready again {took:.1f} s after SIGKILL")
 
 
 def test_reboot_keeps_the_state(vm, host):
     _recorded_request(vm)
-    count, head = _verify(host)
+    count, head = ledger_verify(host)
     host_key = host.file("/var/lib/slm-appliance/ssh/ssh_host_ed25519_key.pub").content_string
     firstboot = host.file("/var/lib/slm-appliance/firstboot.done").content_string
     figures = vm.reboot()
     assert figures["boot_check"].startswith("clean boot"), figures
-    assert _verify(host) == (count, head)
+    assert ledger_verify(host) == (count, head)
     assert host.file("/var/lib/slm-appliance/ssh/ssh_host_ed25519_key.pub"
                      ).content_string == host_key
     assert host.file("/var/lib/slm-appliance/firstboot.done").content_string == firstboot
     _recorded_request(vm)
-    assert _verify(host)[0] == count + 1
+    assert ledger_verify(host)[0] == count + 1
     # the persistent journal on /var kept the first boot's log (the machine id is
     # transient on the read-only root, so earlier boots are read with --merge)
     assert len(host.check_output("journalctl --merge -F _BOOT_ID").split()) >= 2
