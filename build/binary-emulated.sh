@@ -13,7 +13,9 @@
 #     loader and the cross libc linked in), ~200x faster than gcc emulated;
 #   - build/nuitka_bytecode_plugin.py takes the larger pure-Python dependencies
 #     (phonenumbers' ~300 metadata modules, starlette, h11, ...) as bytecode instead of C;
-#     no LTO (single-threaded and very slow emulated).
+#     no LTO (single-threaded and very slow emulated);
+#   - the one-file payload is stored uncompressed (zstd under emulation took ~3 min; the
+#     image unpacks the binary at build time and squashfs compresses it there).
 # Release builds should run build/binary.sh on a native arm64 machine instead (everything
 # compiled to C, as on amd64): see docs/ARCHITECTURE.md.
 # Runs as root (mmdebstrap, chroot, bind mounts).
@@ -175,7 +177,7 @@ chroot "$CHROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \
   pipi /opt/ship/bin/pip install --no-deps --find-links /tmp/built --target /opt/nuitka-tools \
     /tmp/built/[Nn]uitka-*.whl zstandard
   /src/build/nuitka-compile.sh /opt/ship/bin/python /opt/nuitka-tools /out "$BUILD_NUMBER" \
-    --lto=no --user-plugin=/src/build/nuitka_bytecode_plugin.py
+    --lto=no --user-plugin=/src/build/nuitka_bytecode_plugin.py --onefile-no-compression
 '
 cleanup; trap - EXIT
 rm -rf "$OUT/bin" "$OUT/share"
