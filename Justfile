@@ -55,8 +55,21 @@ budget *ARGS: setup
 # size against policy/budget.toml
 image ARCH: setup
     build/binary-for.sh {{ARCH}}
-    {{bin}}/python image/build.py {{ARCH}}
+    build/with-sigstore.sh bash -c '{{bin}}/slm-gate sign $(build/release-files.sh {{ARCH}} \
+        --inputs) && {{bin}}/python image/build.py {{ARCH}}'
     {{bin}}/slm-gate image build/out/image/{{ARCH}}/manifest.json
+
+# sign a release for ARCH with Sigstore: the binary, its manifest, Litestream, the model, the
+# SBOM and the image, a bundle beside each, and build/out/release-ARCH.json listing them
+# (signed too). Without SLM_SIGNER set, against the local test stack (build/with-sigstore.sh)
+sign ARCH: setup
+    build/with-sigstore.sh bash -c '{{bin}}/slm-gate sign --manifest \
+        build/out/release-{{ARCH}}.json $(build/release-files.sh {{ARCH}})'
+
+# verify every artefact of build/out/release-ARCH.json against the signer and pinned root
+verify ARCH: setup
+    build/with-sigstore.sh bash -c '{{bin}}/slm-gate verify build/out/release-{{ARCH}}.json \
+        --signer "$SLM_SIGNER" --trusted-root "$SLM_TRUSTED_ROOT"'
 
 # boot the image in qemu (TCG) and wait until it boots clean (no failed unit, /ready 200);
 # it keeps running: `image/vm.py ssh ARCH CMD`, `image/vm.py stop ARCH`

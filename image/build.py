@@ -10,6 +10,10 @@ Reads ``image/recipe.toml`` and writes ``build/out/image/ARCH/``:
                          copyright files, the largest contents
 - ``ssh/id_ed25519``     a development key, when no authorized_keys file was given
 
+Only signed inputs go in (``image/payload_signing.py``): the binary and the model must
+verify against the pinned trust root, and the image carries what the appliance needs to
+check them again at every start. Run it through ``build/with-sigstore.sh`` (``just image``).
+
 Runs as root (mmdebstrap, file ownership); needs mmdebstrap, squashfs-tools, fdisk,
 e2fsprogs, zstd, and qemu-user-static for a foreign architecture (installed when missing).
 """
@@ -30,7 +34,9 @@ import tomllib
 import uuid
 from pathlib import Path
 
+from payload_signing import ImageSigning, SigningSetupError
 from slm.model_file import sha256_of
+from slm.signature import bundle_path_for
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SRC = ROOT / "image"
@@ -286,6 +292,11 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
     model = binary.parent.parent / "share/slm" / binary_manifest["model"]["file"]
     if not model.is_file():
         raise ImageBuildError(f"{model} not found beside the binary")
+    try:  # only signed inputs: refused here, before anything is built
+        signing = ImageSigning.from_env()
+        verify_seconds = signing.verify_inputs(binary, model)
+    except SigningSetupError as exc:
+        raise ImageBuildError(str(exc)) from None
     _ensure_tools(arch)
     began = time.monotonic()
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or subprocess.run(
@@ -312,6 +323,12 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
         shutil.copy2(binary.parent / "litestream", payload.parent / "litestream")
     installed = _install_payload(rootfs, payload, model, binary_manifest)
     _customize(recipe, rootfs, authorized_keys)
+    try:
+        sealed = signing.seal(rootfs, PAYLOAD, rootfs / installed["model"]["path"].lstrip("/"),
+                              bundle_path_for(model), work)
+    except SigningSetupError as exc:
+        raise ImageBuildError(str(exc)) from None
+    installed["signing"] = {**sealed, "build_verify_seconds": verify_seconds}
     packages = _packages(rootfs)
     kernel = sorted((rootfs / "boot").glob("vmlinuz-*"))[-1]
     initrd = rootfs / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")

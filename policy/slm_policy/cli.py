@@ -71,7 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     img = sub.add_parser("image", help="the appliance image's size against the limit")
     img.add_argument("manifest", type=Path, help="build/out/image/ARCH/manifest.json")
     img.add_argument("--policy", type=Path, default=None)
+    sig = sub.add_parser("sign", help="sign artefacts with Sigstore (bundle beside each) and "
+                         "write a signed release manifest")
+    sig.add_argument("artefacts", type=Path, nargs="+")
+    sig.add_argument("--manifest", type=Path, default=None,
+                     help="also write and sign this release manifest (paths relative to "
+                     "its directory)")
+    sig.add_argument("--trust-config", type=Path, default=None,
+                     help="a Sigstore ClientTrustConfig JSON (default: public Sigstore)")
+    sig.add_argument("--identity-token-file", type=Path, default=None,
+                     help="OIDC token (default: $SIGSTORE_ID_TOKEN or the CI's ambient one)")
+    ver = sub.add_parser("verify", help="verify a signed release against a signer of "
+                         "policy/signing.toml")
+    ver.add_argument("manifest", type=Path, help="the release manifest (release.json)")
+    ver.add_argument("--signer", default="release", help="a [signers.NAME] of the policy")
+    ver.add_argument("--trusted-root", type=Path, default=None,
+                     help="a pinned trusted_root.json (default: public Sigstore's, via TUF)")
+    ver.add_argument("--policy", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.gate in ("sign", "verify"):
+        return _release(args)
     if args.gate == "budget":
         return _budget(args)
     if args.gate == "image":
@@ -170,6 +189,32 @@ def _image(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     for failure in failures:
         print(failure, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from slm_policy.release import SIGNING_POLICY, ReleaseError, load_signer, sign, verify
+
+    try:
+        if args.gate == "sign":
+            for done in sign(args.artefacts, trust_config=args.trust_config,
+                             token_file=args.identity_token_file, manifest=args.manifest):
+                print(f"signed {done.path} ({done.size / 1e6:.1f} MB, sha256 "
+                      f"{done.sha256[:12]}…) in {done.seconds:.2f} s -> {done.bundle.name}")
+            return 0
+        signer = load_signer(args.signer, args.policy or SIGNING_POLICY)
+        verified, failures = verify(args.manifest, trusted_root=args.trusted_root,
+                                    signer=signer)
+    except ReleaseError as exc:
+        print(f"slm-gate: error: {exc}", file=sys.stderr)
+        return 2
+    for v in verified:
+        print(f"verified {v.path} ({v.size / 1e6:.1f} MB, log index {v.log_index}) "
+              f"in {v.seconds:.2f} s")
+    for failure in failures:
+        print(f"verify: FAIL {failure}", file=sys.stderr)
+    print(f"verify: {len(verified)} verified, {len(failures)} failed, signer "
+          f"{signer.identity} ({signer.issuer})", file=sys.stderr)
     return 1 if failures else 0
 
 

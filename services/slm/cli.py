@@ -3,7 +3,8 @@
 
 Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use,
 broken ledger chain), 2 invalid configuration or usage, or a ledger file that cannot be
-read. Errors are one line on stderr.
+read, 3 an artefact refused by the signature check (the unit does not restart on 3).
+Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slm import __version__
-from slm.errors import ConfigError, SlmError
+from slm.errors import ConfigError, SignatureError, SlmError
 from slm.ledger import LedgerError
 from slm.settings import (
     Settings,
@@ -92,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     sanitise.add_argument("--config", type=Path, default=None,
                           help="TOML config file (its [sanitise] section is used)")
 
+    verify = sub.add_parser(
+        "verify", help="the start-up signature check alone: the signed file list and the "
+        "model against signing.trusted_root (exit 0 verified, 3 refused)")
+    verify.add_argument("--config", type=Path, default=None, help="TOML config file")
+    add_flags(verify)
+
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
     config.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -105,6 +112,18 @@ def _serve(args: argparse.Namespace) -> int:
     from slm.serve import serve
 
     return serve(settings, api_keys)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from slm.serve import check_signatures, model_path
+
+    settings = load_settings(args.config, flag_overrides(args))
+    if not settings.trusted_root:
+        raise ConfigError("nothing to verify: signing.trusted_root is not set")
+    for done in check_signatures(settings, model_path(settings)):
+        print(f"verified {done.path} ({done.size / 1e6:.1f} MB, log index {done.log_index}) "
+              f"in {done.seconds:.2f} s")
+    return 0
 
 
 def _replica(settings: Settings, url: str | None) -> Replica:
@@ -260,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             return _plan(args)
         if args.command == "sanitise":
             return _sanitise(args)
+        if args.command == "verify":
+            return _verify(args)
         return _config(args)
     except ConfigError as exc:
         print(f"slm: config error: {exc.one_line()}", file=sys.stderr)
@@ -267,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except LedgerError as exc:  # a ledger that cannot be read: distinct from a broken chain
         print(f"slm: error: {exc.one_line()}", file=sys.stderr)
         return 2
+    except SignatureError as exc:
+        print(f"slm: refused: {exc.one_line()}", file=sys.stderr)
+        return 3
     except SlmError as exc:
         print(f"slm: error: {exc.one_line()}", file=sys.stderr)
         return 1

@@ -28,6 +28,10 @@ class ModelError(SlmError):
     """The model file is missing, corrupt, or cannot be loaded."""
 
 
+class SignatureError(SlmError):
+    """An artefact's Sigstore signature is missing, malformed, or does not verify."""
+
+
 class EngineError(SlmError):
     """The inference engine failed while serving a request."""
 

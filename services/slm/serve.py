@@ -1,6 +1,7 @@
 """``slm serve``: check the model, open the ledger, start replication, run the HTTP server.
 
-Order matters: everything that can be refused (model file, ledger) is checked before the
+Order matters: everything that can be refused (model file and, under ``[signing]``, its
+signature and the binary's signed file list; the ledger) is checked before the
 port is bound, so a bad start leaves no half-started server. The model then loads in the
 background (``/ready`` says 503 until a warm-up token decoded); a load failure stops the
 server with exit 1. SIGTERM: in-flight requests get ``shutdown_grace_s``, then the ledger
@@ -18,13 +19,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from slm import __version__
-from slm.errors import ConfigError, SlmError
+from slm.errors import ConfigError, SignatureError, SlmError
 from slm.settings import Settings
+
+if TYPE_CHECKING:
+    from slm.signature import Verified
 
 log = logging.getLogger("slm.serve")
 
@@ -93,6 +97,59 @@ def plan_context(settings: Settings, model: Path) -> int:
     return settings.ctx
 
 
+def model_path(settings: Settings) -> Path:
+    """The model file the settings name (the embedded default when none)."""
+    from slm.model_file import default_model_path
+
+    return Path(settings.model).expanduser() if settings.model else default_model_path()
+
+
+def check_signatures(settings: Settings, model: Path) -> list[Verified]:
+    """The start-up admission under ``[signing]``: the signed file list (the binary), then
+    the model; SignatureError (exit 3) on the first artefact refused."""
+    from slm.signature import Signer, check_at_start
+
+    assert settings.trusted_root and settings.signer_identity and settings.signer_issuer
+    return check_at_start(
+        Path(settings.trusted_root),
+        Signer(identity=settings.signer_identity, issuer=settings.signer_issuer), model,
+        Path(settings.file_list) if settings.file_list else None)
+
+
+def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]:
+    """``check_signatures`` in a forked child, before any thread starts: the service itself
+    never imports sigstore and its dependencies (~45 MB that would stay resident)."""
+    import json
+
+    from slm.signature import Verified
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: verify, report one JSON document, exit without cleanup
+        os.close(read_end)
+        try:
+            done = check_signatures(settings, model)
+            report = {"verified": [{**v.__dict__, "path": str(v.path)} for v in done]}
+        except SignatureError as exc:
+            report = {"refused": exc.message, "hint": exc.hint}
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised
+            report = {"refused": f"the signature check failed: {type(exc).__name__}: {exc}"}
+        with os.fdopen(write_end, "w") as out:
+            out.write(json.dumps(report))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as results:
+        raw = results.read()
+    _, status = os.waitpid(pid, 0)
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        raise SignatureError(f"the signature check died (wait status {status})") from None
+    if "refused" in report:
+        raise SignatureError(report["refused"], hint=report.get("hint"))
+    return [Verified(**{**v, "path": Path(v["path"])}) for v in report["verified"]]
+
+
 def serve(settings: Settings, api_keys: list[str]) -> int:
     """Run the Doorman until SIGTERM/SIGINT; the process exit code."""
     from slm.logs import setup_logging
@@ -104,6 +161,10 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.model_file import open_model_file
     from slm.replication import Replica, Replicator
 
+    if settings.trusted_root:  # before the sha256 pin: a swapped model is refused (exit 3)
+        for done in check_signatures_in_child(settings, model_path(settings)):
+            log.info("signature verified: %s (log index %d) in %.2f s", done.path,
+                     done.log_index, done.seconds)
     model_file = open_model_file(settings.model, settings.model_sha256)
     n_ctx = plan_context(settings, model_file.path)
     replica = (

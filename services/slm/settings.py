@@ -206,6 +206,25 @@ class Settings:
         "sanitise", {}, "Extra entity types: `{ NAME = \"regex\" }` (the whole match, or "
         "its one capturing group, is replaced).", key="custom", cli=False,
     )
+    # [signing]
+    trusted_root: str | None = _setting(
+        "signing", None, "Pinned Sigstore `trusted_root.json`. When set, nothing loads "
+        "unless its bundle (`FILE.sigstore.json` beside it) verifies offline against this "
+        "root and the signer below: the model at every start, and `signing.file_list`.",
+    )
+    signer_identity: str | None = _setting(
+        "signing", None, "The certificate identity (SAN) every signature must carry.",
+        key="identity",
+    )
+    signer_issuer: str | None = _setting(
+        "signing", None, "The OIDC issuer every signature's certificate must name.",
+        key="issuer",
+    )
+    file_list: str | None = _setting(
+        "signing", None, "A signed list of files and their sha256 (the appliance's unpacked "
+        "binary): at start every listed file must match and no unlisted file may sit in "
+        "the listed directory.",
+    )
     # [logging]
     log_level: str = _setting(
         "logging", "info", "Log level.", check=_one_of("debug", "info", "warning", "error")
@@ -339,6 +358,11 @@ def load_settings(
         checked[f.name] = value
     settings = Settings(**checked)
     settings.detector()  # refuse a bad entity, region or pattern at start
+    if settings.trusted_root and not (settings.signer_identity and settings.signer_issuer):
+        raise ConfigError("signing.trusted_root needs signing.identity and signing.issuer "
+                          "(who must have signed)")
+    if settings.file_list and not settings.trusted_root:
+        raise ConfigError("signing.file_list needs signing.trusted_root")
     return settings
 
 

@@ -147,6 +147,25 @@ def test_model_sha256_matches_the_manifest(host, manifest):
     assert inside["binary"]["sha256"] == manifest["binary"]["sha256"]
 
 
+def test_binary_and_model_signatures_were_verified_at_start(host, manifest):
+    """[signing] in the image: the start verified the binary's signed file list and the
+    model offline, against the pinned trust root and the signer the build used."""
+    config = host.file("/etc/slm/slm.toml").content_string
+    assert "[signing]" in config and manifest["signing"]["identity"] in config
+    assert host.file("/usr/lib/slm/trust/trusted_root.json").is_file
+    assert host.file("/usr/lib/slm/bin.files.json.sigstore.json").is_file
+    assert host.file(manifest["model"]["path"] + ".sigstore.json").is_file
+    log = host.check_output("journalctl -b -u slm.service -o cat --no-pager")
+    verified = [line for line in log.splitlines() if "signature verified" in line]
+    assert any("bin.files.json" in line for line in verified), log[-2000:]
+    assert any(manifest["model"]["path"] in line for line in verified), log[-2000:]
+    # the same check by hand, as an operator would run it
+    done = host.run("slm verify --config /etc/slm/slm.toml")
+    assert done.rc == 0, done.stderr
+    print("\n".join(verified))
+    print(done.stdout)
+
+
 def test_no_world_writable_files(host):
     found = host.check_output(
         "find / -xdev \\( -type f -o -type d \\) -perm -0002 ! -perm -1000 2>/dev/null; "

@@ -1,5 +1,6 @@
 """The appliance recovers: a killed Doorman is restarted and its ledger still verifies; a
-reboot keeps the state. Runs after test_appliance.py (it restarts the service and the VM)."""
+reboot keeps the state; a swapped model is refused and the service does not start. Runs
+after test_appliance.py (it restarts the service and the VM)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,35 @@ def test_killed_service_is_restarted_and_the_ledger_verifies(vm, host):
     _recorded_request(vm)
     assert ledger_verify(host)[0] == count + 1
     print(f"ready again {took:.1f} s after SIGKILL")
+
+
+def test_swapped_model_is_refused_and_the_service_does_not_start(vm, host, manifest):
+    """A model that is not the signed one (bind-mounted over it: the root is read-only)
+    stops the Doorman at its signature check: exit 3, no restart loop, a clear journal line.
+    Put back, the service starts again."""
+    model = manifest["model"]["path"]
+    swapped = "/run/swapped.gguf"
+    host.run_expect([0], f"cp {model} {swapped} && printf 'tampered' >> {swapped}")
+    host.run_expect([0], f"mount --bind {swapped} {model}")
+    try:
+        host.run_expect([0], "systemctl stop slm.service")
+        since = host.check_output("date +%s")
+        host.run("systemctl start slm.service")  # fails: the start is refused
+        time.sleep(8)  # longer than RestartSec: a restart loop would show in NRestarts
+        show = host.check_output("systemctl show -p ActiveState -p ExecMainStatus "
+                                 "-p NRestarts slm.service")
+        assert "ActiveState=failed" in show and "ExecMainStatus=3" in show, show
+        log = host.check_output(f"journalctl -u slm.service --since @{since} -o cat")
+        assert "refused" in log and model in log and "does not verify" in log, log[-2000:]
+        nrestarts = host.check_output("systemctl show -p NRestarts --value slm.service")
+        time.sleep(5)
+        assert host.check_output("systemctl show -p NRestarts --value slm.service") == nrestarts
+    finally:
+        host.run(f"umount {model}; rm -f {swapped}")
+    host.run_expect([0], "systemctl reset-failed slm.service; systemctl start slm.service")
+    took = _wait_ready(vm)
+    assert host.service("slm.service").is_running
+    print(f"swapped model refused; ready again {took:.1f} s after it was put back")
 
 
 def test_reboot_keeps_the_state(vm, host):

@@ -1,0 +1,191 @@
+"""Sigstore signatures over a release: ``slm-gate sign`` and ``slm-gate verify``.
+
+``sign`` makes a bundle beside every artefact (``FILE.sigstore.json``) and a release
+manifest (artefact -> sha256 -> bundle), then signs the manifest too, so an entry cannot be
+dropped or swapped unnoticed. ``verify`` checks the manifest's signature, then every
+artefact's sha256 and bundle against the signer named in ``policy/signing.toml``, and
+reports every failure, not only the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from slm.errors import SignatureError
+from slm.signature import ArtefactVerifier, Signer, Verified, bundle_path_for
+
+SIGNING_POLICY = Path(__file__).resolve().parents[1] / "signing.toml"
+MANIFEST_SCHEMA = "service-slm.release/v1"
+
+
+class ReleaseError(Exception):
+    """The release cannot be signed or checked (broken input, policy or trust config)."""
+
+
+@dataclass(frozen=True)
+class Signed:
+    """One artefact signed: where its bundle went and how long signing took."""
+
+    path: Path
+    bundle: Path
+    sha256: str
+    size: int
+    seconds: float
+
+
+def load_signer(name: str, policy: Path = SIGNING_POLICY) -> Signer:
+    """The signer ``name`` from ``policy/signing.toml``."""
+    try:
+        signers = tomllib.loads(policy.read_text())["signers"]
+        entry = signers[name]
+        return Signer(identity=str(entry["identity"]), issuer=str(entry["issuer"]))
+    except FileNotFoundError:
+        raise ReleaseError(f"signing policy not found: {policy}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ReleaseError(f"signing policy {policy} is not valid TOML: {exc}") from None
+    except KeyError as exc:
+        raise ReleaseError(f"signing policy {policy} has no signer {name!r} "
+                           f"with identity and issuer (missing {exc})") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _digest(path: Path) -> tuple[bytes, int]:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").digest(), path.stat().st_size
+
+
+def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
+    from sigstore.models import ClientTrustConfig
+
+    if path is None:
+        return ClientTrustConfig.production()  # public Sigstore, trust root through TUF
+    try:
+        return ClientTrustConfig.from_json(path.read_text())
+    except FileNotFoundError:
+        raise ReleaseError(f"trust config not found: {path}") from None
+    except Exception as exc:
+        raise ReleaseError(f"trust config {path} is not valid: {exc}") from None
+
+
+def identity_token(token_file: Path | None):  # -> sigstore.oidc.IdentityToken
+    """The OIDC token to sign with: a file, ``$SIGSTORE_ID_TOKEN``, or the CI's ambient one."""
+    from sigstore.oidc import IdentityError, IdentityToken, detect_credential
+
+    try:
+        if token_file is not None:
+            raw = token_file.read_text().strip()
+        else:
+            raw = os.environ.get("SIGSTORE_ID_TOKEN") or detect_credential() or ""
+        if not raw:
+            raise ReleaseError("no OIDC identity token: pass --identity-token-file, set "
+                               "SIGSTORE_ID_TOKEN, or sign in a CI with ambient OIDC")
+        return IdentityToken(raw)
+    except OSError as exc:
+        raise ReleaseError(f"cannot read the identity token: {exc}") from None
+    except IdentityError as exc:
+        raise ReleaseError(f"the identity token is not usable: {exc}") from None
+
+
+def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path | None,
+         manifest: Path | None = None) -> list[Signed]:
+    """Sign every artefact (bundle beside it); with ``manifest``, write and sign the
+    release manifest listing them, paths relative to the manifest's directory."""
+    from sigstore.errors import Error as SigstoreError
+    from sigstore.hashes import Hashed
+    from sigstore.sign import SigningContext
+    from sigstore_models.common.v1 import HashAlgorithm
+
+    missing = [str(a) for a in artefacts if not a.is_file()]
+    if missing:
+        raise ReleaseError(f"cannot sign missing artefact(s): {', '.join(missing)}")
+    context = SigningContext.from_trust_config(_trust_config(trust_config))
+    token = identity_token(token_file)
+    signed: list[Signed] = []
+
+    def sign_one(signer, path: Path) -> Signed:
+        began = time.perf_counter()
+        digest, size = _digest(path)
+        bundle = signer.sign_artifact(Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest))
+        target = bundle_path_for(path)
+        _write_atomic(target, bundle.to_json())
+        return Signed(path, target, digest.hex(), size, time.perf_counter() - began)
+
+    try:
+        with context.signer(token, cache=True) as signer:
+            signed = [sign_one(signer, path) for path in artefacts]
+            if manifest is not None:
+                _write_atomic(manifest, json.dumps(_manifest(signed, manifest.parent),
+                                                   indent=2) + "\n")
+                signed.append(sign_one(signer, manifest))
+    except SigstoreError as exc:
+        raise ReleaseError(f"signing failed: {exc}") from None
+    return signed
+
+
+def _manifest(signed: list[Signed], base: Path) -> dict:
+    def rel(path: Path) -> str:
+        return os.path.relpath(path.resolve(), base.resolve())
+
+    return {"schema": MANIFEST_SCHEMA, "artefacts": [
+        {"path": rel(s.path), "sha256": s.sha256, "size": s.size, "bundle": rel(s.bundle)}
+        for s in signed]}
+
+
+def verify(manifest: Path, *, trusted_root: Path | None,
+           signer: Signer) -> tuple[list[Verified], list[str]]:
+    """Verify the release manifest, then every artefact it lists.
+
+    Returns what verified and one line per failure (an empty list: the release verifies).
+    """
+    verifier = _verifier(trusted_root, signer)
+    try:
+        head = verifier.verify(manifest)
+    except SignatureError as exc:
+        return [], [f"release manifest: {exc.one_line()}"]
+    try:
+        data = json.loads(manifest.read_text())
+        if data.get("schema") != MANIFEST_SCHEMA:
+            raise ValueError(f"schema is {data.get('schema')!r}, expected {MANIFEST_SCHEMA}")
+        entries = [(e["path"], e["sha256"], e["bundle"]) for e in data["artefacts"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        return [head], [f"release manifest {manifest} is malformed: {exc}"]
+    verified, failures = [head], []
+    for rel, sha256, bundle_rel in entries:
+        path, bundle = manifest.parent / rel, manifest.parent / bundle_rel
+        try:
+            result = verifier.verify(path, bundle)
+        except SignatureError as exc:
+            failures.append(exc.one_line())
+            continue
+        if result.sha256 != sha256:
+            failures.append(f"{path}: sha256 {result.sha256} is not the release's {sha256}")
+            continue
+        verified.append(result)
+    if not entries:
+        failures.append(f"release manifest {manifest} lists no artefacts")
+    return verified, failures
+
+
+def _verifier(trusted_root: Path | None, signer: Signer) -> ArtefactVerifier:
+    if trusted_root is None:
+        # public Sigstore: the trust root through TUF (network), cached for later offline use
+        from sigstore.models import TrustedRoot
+
+        cached = TrustedRoot.production()
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
+            "service-slm" / "trusted_root.public.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, cached._inner.to_json())
+        trusted_root = path
+    return ArtefactVerifier(trusted_root, signer)
