@@ -32,6 +32,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 [ -e /usr/include/systemd/sd-daemon.h ] || missing+=(libsystemd-dev)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# the local Sigstore test stack's timestamp authority is `openssl ts`
+command -v openssl >/dev/null || missing+=(openssl)
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 "$PYTHON" - <<'PY' 2>/dev/null || missing+=(python3-dev)
 import os, sys, sysconfig
