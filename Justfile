@@ -55,21 +55,27 @@ budget *ARGS: setup
 # size against policy/budget.toml
 image ARCH: setup
     build/binary-for.sh {{ARCH}}
-    build/with-sigstore.sh bash -c '{{bin}}/slm-gate sign $(build/release-files.sh {{ARCH}} \
-        --inputs) && {{bin}}/python image/build.py {{ARCH}}'
+    files="$(build/release-files.sh {{ARCH}} --inputs)" && mapfile -t inputs <<<"$files" && \
+        build/with-sigstore.sh bash -c '{{bin}}/slm-gate sign "$@" && \
+        {{bin}}/python image/build.py {{ARCH}}' - "${inputs[@]}"
     {{bin}}/slm-gate image build/out/image/{{ARCH}}/manifest.json
 
 # sign a release for ARCH with Sigstore: the binary, its manifest, Litestream, the model, the
 # SBOM and the image, a bundle beside each, and build/out/release-ARCH.json listing them
 # (signed too). Without SLM_SIGNER set, against the local test stack (build/with-sigstore.sh)
 sign ARCH: setup
-    build/with-sigstore.sh bash -c '{{bin}}/slm-gate sign --manifest \
-        build/out/release-{{ARCH}}.json $(build/release-files.sh {{ARCH}})'
+    files="$(build/release-files.sh {{ARCH}})" && mapfile -t artefacts <<<"$files" && \
+        build/with-sigstore.sh {{bin}}/slm-gate sign --manifest \
+        build/out/release-{{ARCH}}.json "${artefacts[@]}"
 
-# verify every artefact of build/out/release-ARCH.json against the signer and pinned root
+# verify every artefact of build/out/release-ARCH.json, offline, against a signer of
+# policy/signing.toml and a pinned trust root (default: the local test stack's)
 verify ARCH: setup
-    build/with-sigstore.sh bash -c '{{bin}}/slm-gate verify build/out/release-{{ARCH}}.json \
-        --signer "$SLM_SIGNER" --trusted-root "$SLM_TRUSTED_ROOT"'
+    files="$(build/release-files.sh {{ARCH}})" && mapfile -t artefacts <<<"$files" && \
+        {{bin}}/slm-gate verify build/out/release-{{ARCH}}.json \
+        --signer "${SLM_SIGNER:-local}" \
+        --trusted-root "${SLM_TRUSTED_ROOT:-build/out/sigstore-local/trusted_root.json}" \
+        --expect "${artefacts[@]}"
 
 # boot the image in qemu (TCG) and wait until it boots clean (no failed unit, /ready 200);
 # it keeps running: `image/vm.py ssh ARCH CMD`, `image/vm.py stop ARCH`

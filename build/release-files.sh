@@ -7,12 +7,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 arch="${1:?usage: build/release-files.sh amd64|arm64 [--inputs]}"
 if [ "$arch" = "$(dpkg --print-architecture)" ]; then out=build/out; else out="build/out/$arch"; fi
-model="$(ls "$out"/share/slm/*.gguf 2>/dev/null | head -1)"
-[ -n "$model" ] || { echo "release-files: no model in $out/share/slm (run just image $arch)" >&2; exit 1; }
+manifest="$out/bin/slm.manifest.json"
+[ -f "$manifest" ] || { echo "release-files: $manifest not found (run just image $arch)" >&2; exit 1; }
+model="$out/share/slm/$(.venv/bin/python -c 'import json, sys
+print(json.load(open(sys.argv[1]))["model"]["file"])' "$manifest")"
 echo "$out/bin/slm"
 echo "$model"
 [ "${2:-}" = --inputs ] && exit 0
-echo "$out/bin/slm.manifest.json"
+echo "$manifest"
 echo "$out/bin/litestream"
 echo build/out/sbom.cdx.json
 for f in disk.raw.zst manifest.json vmlinuz initrd.img cmdline; do

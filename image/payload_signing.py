@@ -74,8 +74,10 @@ class ImageSigning:
         the ``[signing]`` config into ``rootfs``; returns what the manifest records."""
         shutil.copy2(model_bundle, bundle_path_for(model_in_image))
         bin_dir = rootfs / payload.lstrip("/") / "bin"
-        listing = file_list(bin_dir)
-        listing["root"] = f"{payload}/bin"
+        try:
+            listing = file_list(bin_dir, f"{payload}/bin")
+        except SignatureError as exc:
+            raise SigningSetupError(exc.one_line()) from None
         staged = work / Path(FILE_LIST).name
         staged.write_text(json.dumps(listing, indent=1, sort_keys=True) + "\n")
         began = time.perf_counter()
@@ -92,13 +94,18 @@ class ImageSigning:
         trust.mkdir(parents=True, exist_ok=True)
         shutil.copy2(self.trusted_root, trust / "trusted_root.json")
         config = rootfs / "etc/slm/slm.toml"
-        config.write_text(config.read_text() + (
+        text = config.read_text()
+        if "[signing]" in text:
+            raise SigningSetupError(f"{config} already has a [signing] section; the build "
+                                    "writes it")
+        quoted = json.dumps  # a JSON string is a valid TOML basic string
+        config.write_text(text + (
             "\n[signing]\n"
             "# the binary (its file list) and the model must verify at every start, offline\n"
-            f'trusted_root = "{TRUST_DIR}/trusted_root.json"\n'
-            f'identity = "{self.signer.identity}"\n'
-            f'issuer = "{self.signer.issuer}"\n'
-            f'file_list = "{FILE_LIST}"\n'))
+            f"trusted_root = {quoted(TRUST_DIR + '/trusted_root.json')}\n"
+            f"identity = {quoted(self.signer.identity)}\n"
+            f"issuer = {quoted(self.signer.issuer)}\n"
+            f"file_list = {quoted(FILE_LIST)}\n"))
         return {"signer": self.signer_name, "identity": self.signer.identity,
                 "issuer": self.signer.issuer, "file_list_entries": len(listing["files"]),
                 "file_list_sign_seconds": round(signed_in, 2)}

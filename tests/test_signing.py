@@ -108,24 +108,24 @@ def test_stock_sigstore_cli_verifies_our_bundles(stack: SigstoreStack, signed) -
 
 REFUSALS: dict[str, tuple[Callable, str]] = {
     "wrong identity": (lambda s, a, o: verifier(s, identity="mallory@evil.test").verify(a),
-                       "mallory@evil.test"),
+                       "SANs do not match mallory@evil.test"),
     "wrong issuer": (lambda s, a, o: verifier(s, issuer="https://evil.test").verify(a),
-                     "https://evil.test"),
+                     "OIDCIssuer does not match"),
     "tampered artefact": (lambda s, a, o: (a.write_bytes(a.read_bytes() + b"!"),
-                                           verifier(s).verify(a)), "does not verify"),
+                                           verifier(s).verify(a)), "digest mismatch"),
     "tampered SET": (lambda s, a, o: (edit_bundle(a, lambda d: d["verificationMaterial"][
         "tlogEntries"][0]["inclusionPromise"].update(signedEntryTimestamp=flip_b64(
             d["verificationMaterial"]["tlogEntries"][0]["inclusionPromise"][
-                "signedEntryTimestamp"]))), verifier(s).verify(a)), "does not verify"),
+                "signedEntryTimestamp"]))), verifier(s).verify(a)), "SET: invalid"),
     "tampered inclusion proof": (lambda s, a, o: (edit_bundle(a, lambda d: d[
         "verificationMaterial"]["tlogEntries"][0]["inclusionProof"].update(rootHash=flip_b64(
             d["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["rootHash"]))),
-        verifier(s).verify(a)), "does not verify"),
+        verifier(s).verify(a)), "inclusion proof contains invalid root hash"),
     "tampered signature": (lambda s, a, o: (edit_bundle(a, lambda d: d["messageSignature"]
         .update(signature=flip_b64(d["messageSignature"]["signature"]))),
-        verifier(s).verify(a)), "does not verify"),
+        verifier(s).verify(a)), "Signature is invalid for input"),
     "unknown trust root": (lambda s, a, o: verifier(s, root=o.trusted_root_path).verify(a),
-                           "does not verify"),
+                           "certificate chain"),
     "missing bundle": (lambda s, a, o: (bundle_path_for(a).unlink(), verifier(s).verify(a)),
                        "no signature bundle"),
     "malformed bundle": (lambda s, a, o: (bundle_path_for(a).write_text("{not json"),
@@ -142,6 +142,7 @@ def test_refused_with_a_clear_message(case: str, stack: SigstoreStack,
         action(stack, artefact, other_stack)
     line = refused.value.one_line()
     assert str(artefact) in line and expected in line, line
+    assert "\n" not in line and len(line) < 600
 
 
 def test_bundle_of_another_artefact_is_refused(stack: SigstoreStack, signed) -> None:
@@ -206,6 +207,12 @@ def test_release_round_trip_and_tampering(stack: SigstoreStack, token_file: Path
     args = [*GATE, "verify", str(manifest), "--signer", "local",
             "--trusted-root", str(stack.trusted_root_path)]
     assert subprocess.run(args, capture_output=True, timeout=120).returncode == 0
+    # every expected artefact must be listed: an unlisted one fails, named
+    (tmp_path / "image.raw.zst").write_bytes(b"not in the release")
+    unlisted = subprocess.run([*args, "--expect", *map(str, artefacts),
+                               str(tmp_path / "image.raw.zst")],
+                              capture_output=True, text=True, timeout=120)
+    assert unlisted.returncode == 1 and "image.raw.zst: not in the release" in unlisted.stderr
     artefacts[1].write_bytes(b"a swapped model")
     bad = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
@@ -229,6 +236,11 @@ def test_gate_errors_are_one_line_exit_2(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "nobody" in missing.stderr
+    no_root = subprocess.run([*GATE, "verify", str(tmp_path / "release.json"),
+                              "--signer", "local", "--trusted-root", str(tmp_path / "r.json")],
+                             capture_output=True, text=True, timeout=60)
+    assert no_root.returncode == 2 and "trusted root not found" in no_root.stderr
+    assert no_root.stderr.strip().count("\n") == 0
     unsigned = subprocess.run([*GATE, "sign", str(tmp_path / "nothing.bin")],
                               capture_output=True, text=True, timeout=60)
     assert unsigned.returncode == 2 and "nothing.bin" in unsigned.stderr
@@ -277,13 +289,17 @@ def test_slm_verify_accepts_signed_model_and_tree(stack: SigstoreStack, signed_m
     assert "bin.files.json" in done.stdout and "tiny.gguf" in done.stdout
 
 
-@pytest.mark.parametrize("change", ["changed", "added", "missing"])
+@pytest.mark.parametrize("change", ["changed", "added", "missing", "retargeted"])
 def test_slm_verify_refuses_a_changed_tree(change: str, stack: SigstoreStack,
                                            signed_model: Path, signed_tree: Path,
                                            tmp_path: Path) -> None:
     tree = tmp_path / "bin"
     if change == "changed":
         (tree / "lib/libllama.so").write_bytes(b"\x7fELF patched")
+    elif change == "retargeted":
+        (tree / "slm").unlink()
+        (tree / "slm").symlink_to("lib/libllama.so")
+        change = "changed"
     elif change == "added":
         (tree / "lib/sitecustomize.py").write_text("print('hi')")
     else:
@@ -293,6 +309,36 @@ def test_slm_verify_refuses_a_changed_tree(change: str, stack: SigstoreStack,
     done = run_slm("verify", "--config", str(config), "--model", str(signed_model))
     assert done.returncode == 3
     assert f"{change} " in done.stderr and "signed file list" in done.stderr, done.stderr
+
+
+def test_a_symlink_out_of_the_tree_is_refused(stack: SigstoreStack, signed_model: Path,
+                                              signed_tree: Path, tmp_path: Path) -> None:
+    (tmp_path / "bin/lib/libc.so").symlink_to("/lib/x86_64-linux-gnu/libc.so.6")
+    config = tmp_path / "slm.toml"
+    config.write_text(signing_config(stack, signed_tree))
+    done = run_slm("verify", "--config", str(config), "--model", str(signed_model))
+    assert done.returncode == 3 and "points outside" in done.stderr, done.stderr
+    with pytest.raises(SignatureError, match="points outside"):
+        file_list(tmp_path / "bin")
+
+
+def test_the_service_never_imports_sigstore(stack: SigstoreStack, signed_model: Path) -> None:
+    """The start-up check runs in a forked child: the serving process stays lean."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from slm.settings import Settings\n"
+        "from slm.serve import check_signatures_in_child\n"
+        f"s = Settings(trusted_root={str(stack.trusted_root_path)!r}, "
+        f"signer_identity={stack.identity!r}, signer_issuer={stack.issuer!r})\n"
+        f"done = check_signatures_in_child(s, Path({str(signed_model)!r}))\n"
+        "assert len(done) == 1 and done[0].sha256, done\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('sigstore', 'cryptography', 'pydantic')))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_serve_starts_on_a_signed_model(start_server, stack: SigstoreStack,

@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("--trusted-root", type=Path, default=None,
                      help="a pinned trusted_root.json (default: public Sigstore's, via TUF)")
     ver.add_argument("--policy", type=Path, default=None)
+    ver.add_argument("--expect", type=Path, nargs="*", default=[],
+                     help="files the release must list (each missing one is a failure)")
     args = parser.parse_args(argv)
     if args.gate in ("sign", "verify"):
         return _release(args)
@@ -193,6 +195,8 @@ def _image(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
+    from slm.errors import SignatureError
+
     from slm_policy.release import SIGNING_POLICY, ReleaseError, load_signer, sign, verify
 
     try:
@@ -204,13 +208,15 @@ def _release(args: argparse.Namespace) -> int:
             return 0
         signer = load_signer(args.signer, args.policy or SIGNING_POLICY)
         verified, failures = verify(args.manifest, trusted_root=args.trusted_root,
-                                    signer=signer)
+                                    signer=signer, expect=args.expect)
     except ReleaseError as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
         return 2
+    except SignatureError as exc:  # an unusable trust root
+        print(f"slm-gate: error: {exc.one_line()}", file=sys.stderr)
+        return 2
     for v in verified:
-        print(f"verified {v.path} ({v.size / 1e6:.1f} MB, log index {v.log_index}) "
-              f"in {v.seconds:.2f} s")
+        print(v.line())
     for failure in failures:
         print(f"verify: FAIL {failure}", file=sys.stderr)
     print(f"verify: {len(verified)} verified, {len(failures)} failed, signer "

@@ -9,7 +9,6 @@ reports every failure, not only the first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slm.errors import SignatureError
+from slm.model_file import sha256_of
 from slm.signature import ArtefactVerifier, Signer, Verified, bundle_path_for
 
 SIGNING_POLICY = Path(__file__).resolve().parents[1] / "signing.toml"
@@ -60,9 +60,8 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _digest(path: Path) -> tuple[bytes, int]:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").digest(), path.stat().st_size
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
@@ -75,7 +74,7 @@ def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
     except FileNotFoundError:
         raise ReleaseError(f"trust config not found: {path}") from None
     except Exception as exc:
-        raise ReleaseError(f"trust config {path} is not valid: {exc}") from None
+        raise ReleaseError(f"trust config {path} is not valid: {_first_line(exc)}") from None
 
 
 def identity_token(token_file: Path | None):  # -> sigstore.oidc.IdentityToken
@@ -94,7 +93,7 @@ def identity_token(token_file: Path | None):  # -> sigstore.oidc.IdentityToken
     except OSError as exc:
         raise ReleaseError(f"cannot read the identity token: {exc}") from None
     except IdentityError as exc:
-        raise ReleaseError(f"the identity token is not usable: {exc}") from None
+        raise ReleaseError(f"the identity token is not usable: {_first_line(exc)}") from None
 
 
 def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path | None,
@@ -115,7 +114,7 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
 
     def sign_one(signer, path: Path) -> Signed:
         began = time.perf_counter()
-        digest, size = _digest(path)
+        digest, size = bytes.fromhex(sha256_of(path)), path.stat().st_size
         bundle = signer.sign_artifact(Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest))
         target = bundle_path_for(path)
         _write_atomic(target, bundle.to_json())
@@ -129,6 +128,9 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
                                                    indent=2) + "\n")
                 signed.append(sign_one(signer, manifest))
     except SigstoreError as exc:
+        cause = f" ({_first_line(exc.__cause__)})" if exc.__cause__ else ""
+        raise ReleaseError(f"signing failed: {_first_line(exc)}{cause}") from None
+    except OSError as exc:
         raise ReleaseError(f"signing failed: {exc}") from None
     return signed
 
@@ -142,25 +144,27 @@ def _manifest(signed: list[Signed], base: Path) -> dict:
         for s in signed]}
 
 
-def verify(manifest: Path, *, trusted_root: Path | None,
-           signer: Signer) -> tuple[list[Verified], list[str]]:
-    """Verify the release manifest, then every artefact it lists.
-
-    Returns what verified and one line per failure (an empty list: the release verifies).
-    """
+def verify(manifest: Path, *, trusted_root: Path | None, signer: Signer,
+           expect: list[Path] | None = None) -> tuple[list[Verified], list[str]]:
+    """Verify the release manifest, then every artefact it lists (and, with ``expect``, that
+    it lists each of those files). Returns what verified and one line per failure (none:
+    the release verifies). Raises SignatureError for an unusable trust root."""
     verifier = _verifier(trusted_root, signer)
     try:
-        head = verifier.verify(manifest)
+        head, data = verifier.verify_document(manifest)
     except SignatureError as exc:
         return [], [f"release manifest: {exc.one_line()}"]
     try:
-        data = json.loads(manifest.read_text())
-        if data.get("schema") != MANIFEST_SCHEMA:
-            raise ValueError(f"schema is {data.get('schema')!r}, expected {MANIFEST_SCHEMA}")
-        entries = [(e["path"], e["sha256"], e["bundle"]) for e in data["artefacts"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        doc = json.loads(data)
+        if doc.get("schema") != MANIFEST_SCHEMA:
+            raise ValueError(f"schema is {doc.get('schema')!r}, expected {MANIFEST_SCHEMA}")
+        entries = [(e["path"], e["sha256"], e["bundle"]) for e in doc["artefacts"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return [head], [f"release manifest {manifest} is malformed: {exc}"]
     verified, failures = [head], []
+    listed = {(manifest.parent / rel).resolve() for rel, _, _ in entries}
+    failures += [f"{path}: not in the release manifest {manifest}"
+                 for path in expect or [] if path.resolve() not in listed]
     for rel, sha256, bundle_rel in entries:
         path, bundle = manifest.parent / rel, manifest.parent / bundle_rel
         try:

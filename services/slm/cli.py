@@ -121,8 +121,7 @@ def _verify(args: argparse.Namespace) -> int:
     if not settings.trusted_root:
         raise ConfigError("nothing to verify: signing.trusted_root is not set")
     for done in check_signatures(settings, model_path(settings)):
-        print(f"verified {done.path} ({done.size / 1e6:.1f} MB, log index {done.log_index}) "
-              f"in {done.seconds:.2f} s")
+        print(done.line())
     return 0
 
 

@@ -124,27 +124,41 @@ def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]
     from slm.signature import Verified
 
     read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: verify, report one JSON document, exit without cleanup
+    try:
+        pid = os.fork()
+    except OSError as exc:
         os.close(read_end)
+        os.close(write_end)
+        raise SignatureError(f"cannot start the signature check: {exc.strerror}") from None
+    if pid == 0:  # the child: verify, report one JSON document, and never return
+        code = 1
         try:
-            done = check_signatures(settings, model)
-            report = {"verified": [{**v.__dict__, "path": str(v.path)} for v in done]}
-        except SignatureError as exc:
-            report = {"refused": exc.message, "hint": exc.hint}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent, never raised
-            report = {"refused": f"the signature check failed: {type(exc).__name__}: {exc}"}
-        with os.fdopen(write_end, "w") as out:
-            out.write(json.dumps(report))
-        os._exit(0)
+            os.close(read_end)
+            try:
+                done = check_signatures(settings, model)
+                report: dict[str, Any] = {"verified": [
+                    {**v.__dict__, "path": str(v.path)} for v in done]}
+            except SignatureError as exc:
+                report = {"refused": exc.message, "hint": exc.hint}
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+                text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+                report = {"refused": f"the signature check failed: {type(exc).__name__}: "
+                                     f"{text}"}
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
     os.close(write_end)
-    with os.fdopen(read_end) as results:
+    with os.fdopen(read_end, "rb") as results:
         raw = results.read()
     _, status = os.waitpid(pid, 0)
+    exit_code = os.waitstatus_to_exitcode(status)
     try:
-        report = json.loads(raw)
+        report = json.loads(raw) if exit_code == 0 else None
     except ValueError:
-        raise SignatureError(f"the signature check died (wait status {status})") from None
+        report = None
+    if report is None:
+        raise SignatureError(f"the signature check died (exit {exit_code})")
     if "refused" in report:
         raise SignatureError(report["refused"], hint=report.get("hint"))
     return [Verified(**{**v, "path": Path(v["path"])}) for v in report["verified"]]
@@ -161,11 +175,16 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.model_file import open_model_file
     from slm.replication import Replica, Replicator
 
+    verified_model = None
     if settings.trusted_root:  # before the sha256 pin: a swapped model is refused (exit 3)
         for done in check_signatures_in_child(settings, model_path(settings)):
             log.info("signature verified: %s (log index %d) in %.2f s", done.path,
                      done.log_index, done.seconds)
+            verified_model = done
     model_file = open_model_file(settings.model, settings.model_sha256)
+    if verified_model and model_file.sha256 != verified_model.sha256:
+        raise SignatureError(f"{model_file.path} changed after its signature was verified "
+                             f"(sha256 {model_file.sha256}, verified {verified_model.sha256})")
     n_ctx = plan_context(settings, model_file.path)
     replica = (
         Replica(settings.replica, endpoint=settings.replica_endpoint,

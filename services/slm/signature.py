@@ -10,16 +10,21 @@ the signed timestamps.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slm.errors import SignatureError
 
 BUNDLE_SUFFIX = ".sigstore.json"
+FILE_LIST_SCHEMA = "service-slm.file-list/v1"
+Window = tuple[dt.datetime | None, dt.datetime | None]
 
 
 @dataclass(frozen=True)
@@ -40,16 +45,21 @@ class Verified:
     log_index: int
     seconds: float
 
+    def line(self) -> str:
+        """One line for a CLI or the journal."""
+        return (f"verified {self.path} ({self.size / 1e6:.1f} MB, log index {self.log_index}) "
+                f"in {self.seconds:.2f} s")
+
 
 def bundle_path_for(artefact: Path) -> Path:
     """Where an artefact's bundle lives: beside it, named ``ARTEFACT.sigstore.json``."""
     return artefact.with_name(artefact.name + BUNDLE_SUFFIX)
 
 
-def _sha256(path: Path) -> tuple[bytes, int]:
-    with path.open("rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").digest()
-    return digest, path.stat().st_size
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    """An exception's first line, cut to ``limit`` characters (some carry whole proofs)."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class ArtefactVerifier:
@@ -66,7 +76,8 @@ class ArtefactVerifier:
         except FileNotFoundError:
             raise SignatureError(f"trusted root not found: {trusted_root}") from None
         except Exception as exc:  # the sigstore/pydantic parse errors have no common base
-            raise SignatureError(f"trusted root {trusted_root} is not valid: {exc}") from None
+            raise SignatureError(f"trusted root {trusted_root} is not valid: "
+                                 f"{_first_line(exc)}") from None
         try:
             self._verifier = Verifier(trusted_root=root)
         except Exception as exc:  # e.g. no certificate authority valid now
@@ -76,35 +87,54 @@ class ArtefactVerifier:
         self.signer = signer
 
     def verify(self, artefact: Path, bundle: Path | None = None) -> Verified:
-        """Verify ``artefact`` with ``bundle`` (default: the one beside it).
+        """Verify ``artefact`` with ``bundle`` (default: the one beside it), hashing the file
+        as it streams. Raises SignatureError naming the artefact and the reason."""
+        began = time.perf_counter()
+        try:
+            with artefact.open("rb") as fh:
+                digest = hashlib.file_digest(fh, "sha256").digest()
+                size = os.fstat(fh.fileno()).st_size
+        except OSError as exc:
+            raise SignatureError(f"{artefact}: cannot read: {exc.strerror}") from None
+        return self._verify_digest(artefact, digest, size, bundle, began)
 
-        Raises SignatureError naming the artefact and the reason.
-        """
+    def verify_document(self, path: Path, bundle: Path | None = None) -> tuple[Verified, bytes]:
+        """Read a small signed document once, verify those bytes, and return them: what is
+        parsed afterwards is exactly what was verified."""
+        began = time.perf_counter()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SignatureError(f"{path}: cannot read: {exc.strerror}") from None
+        verified = self._verify_digest(path, hashlib.sha256(data).digest(), len(data), bundle,
+                                       began)
+        return verified, data
+
+    def _verify_digest(self, artefact: Path, digest: bytes, size: int, bundle: Path | None,
+                       began: float) -> Verified:
         from sigstore.errors import Error as SigstoreError
         from sigstore.hashes import Hashed
         from sigstore.models import Bundle
         from sigstore_models.common.v1 import HashAlgorithm
 
-        began = time.perf_counter()
         bundle = bundle or bundle_path_for(artefact)
-        if not artefact.is_file():
-            raise SignatureError(f"{artefact}: not found")
-        if not bundle.is_file():
-            raise SignatureError(f"{artefact}: no signature bundle ({bundle} is missing)",
-                                 hint="unsigned artefacts are refused")
         try:
             parsed = Bundle.from_json(bundle.read_bytes())
-        except Exception as exc:  # malformed JSON, schema or certificate
+        except FileNotFoundError:
+            raise SignatureError(f"{artefact}: no signature bundle ({bundle} is missing)",
+                                 hint="unsigned artefacts are refused") from None
+        except Exception as exc:  # unreadable, malformed JSON, schema or certificate
             raise SignatureError(f"{artefact}: bundle {bundle} is malformed: "
                                  f"{_first_line(exc)}") from None
-        digest, size = _sha256(artefact)
         try:
             self._verifier.verify_artifact(
                 Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest), parsed, self._policy)
         except SigstoreError as exc:
-            raise SignatureError(f"{artefact}: signature does not verify: {_first_line(exc)}",
-                                 hint=f"expected signer {self.signer.identity} "
-                                      f"({self.signer.issuer})") from None
+            reason = _first_line(exc)
+            hint = (f"expected signer {self.signer.identity} ({self.signer.issuer})"
+                    if "SAN" in reason or "ssuer" in reason else None)
+            raise SignatureError(f"{artefact}: signature does not verify: {reason}",
+                                 hint=hint) from None
         except Exception as exc:  # a bundle that parses but breaks deeper checks
             raise SignatureError(f"{artefact}: signature does not verify: "
                                  f"{type(exc).__name__}: {_first_line(exc)}") from None
@@ -113,40 +143,33 @@ class ArtefactVerifier:
                         log_index=int(parsed.log_entry._inner.log_index),
                         seconds=time.perf_counter() - began)
 
-
-    def _check_signed_within_validity(self, artefact: Path, bundle) -> None:
+    def _check_signed_within_validity(self, artefact: Path, bundle: Any) -> None:
         """sigstore accepts a certificate authority or log key after its ``validFor`` ended
         (old signatures stay valid) but does not check that the signature was made before
-        it ended; this does: a key retired from the trust root signs nothing new."""
-        from cryptography.hazmat.primitives import serialization
-
+        it ended; this does: a key retired from the trust root signs nothing new. The
+        certificate's notBefore is its issue time (Fulcio certificates live ten minutes)."""
         cert = bundle.signing_certificate
         issued = cert.not_valid_before_utc
-        issuer = cert.issuer.public_bytes(serialization.Encoding.DER)
-        ca_windows = self._windows["ca"].get(issuer, [])
-        if ca_windows and not any(_within(issued, w) for w in ca_windows):
+        windows = [w for ca, w in self._windows["ca"] if _issued_by(cert, ca)]
+        if not any(_within(issued, w) for w in windows):
             raise SignatureError(f"{artefact}: signature does not verify: its certificate was "
                                  f"issued {issued:%Y-%m-%dT%H:%M:%SZ}, outside the validity "
                                  "of its certificate authority in the trusted root")
         entry = bundle.log_entry._inner
+        if not entry.integrated_time:  # no log time (a TSA-only bundle): sigstore checks that
+            return
         logged = dt.datetime.fromtimestamp(int(entry.integrated_time), dt.UTC)
-        log_windows = self._windows["tlog"].get(bytes(entry.log_id.key_id), [])
-        if entry.integrated_time and log_windows and not any(
-                _within(logged, w) for w in log_windows):
+        windows = self._windows["tlog"].get(bytes(entry.log_id.key_id), [])
+        if not any(_within(logged, w) for w in windows):
             raise SignatureError(f"{artefact}: signature does not verify: logged "
                                  f"{logged:%Y-%m-%dT%H:%M:%SZ}, outside the validity of the "
                                  "transparency log's key in the trusted root")
 
 
-Window = tuple[dt.datetime | None, dt.datetime | None]
-
-
-def _validity_windows(root: dict) -> dict[str, dict[bytes, list[Window]]]:
-    """The trusted root's CA (by subject DER) and log-key (by log id) validity windows."""
-    import base64
-
+def _validity_windows(root: dict) -> dict[str, Any]:
+    """The trusted root's CA certificates (the one issuing leaves, with its window) and log
+    keys (by log id) with their validity windows."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
 
     def window(valid_for: dict | None) -> Window:
         def when(key: str) -> dt.datetime | None:
@@ -154,62 +177,70 @@ def _validity_windows(root: dict) -> dict[str, dict[bytes, list[Window]]]:
             return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
         return when("start"), when("end")
 
-    windows: dict[str, dict[bytes, list[Window]]] = {"ca": {}, "tlog": {}}
+    cas = []
     for ca in root.get("certificateAuthorities", []):
         chain = ca.get("certChain", {}).get("certificates", [])
         if chain:
-            first = x509.load_der_x509_certificate(base64.b64decode(chain[0]["rawBytes"]))
-            subject = first.subject.public_bytes(serialization.Encoding.DER)
-            windows["ca"].setdefault(subject, []).append(window(ca.get("validFor")))
+            issuing = x509.load_der_x509_certificate(base64.b64decode(chain[0]["rawBytes"]))
+            cas.append((issuing, window(ca.get("validFor"))))
+    tlogs: dict[bytes, list[Window]] = {}
     for tlog in root.get("tlogs", []):
         key_id = base64.b64decode(tlog.get("logId", {}).get("keyId", ""))
-        windows["tlog"].setdefault(key_id, []).append(
-            window(tlog.get("publicKey", {}).get("validFor")))
-    return windows
+        tlogs.setdefault(key_id, []).append(window(tlog.get("publicKey", {}).get("validFor")))
+    return {"ca": cas, "tlog": tlogs}
+
+
+def _issued_by(cert: Any, ca: Any) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+        return True
+    except Exception:  # wrong issuer name, key or signature
+        return False
 
 
 def _within(moment: dt.datetime, window: Window) -> bool:
+    """start <= moment < end, as sigstore judges its timestamp authorities."""
     start, end = window
-    return (start is None or start <= moment) and (end is None or moment <= end)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-FILE_LIST_SCHEMA = "service-slm.file-list/v1"
+    return (start is None or start <= moment) and (end is None or moment < end)
 
 
 def describe_tree(root: Path) -> dict[str, str]:
-    """Every entry under ``root``: regular files by sha256, symlinks as ``symlink:TARGET``."""
+    """Every entry under ``root``: regular files by sha256, symlinks as ``symlink:TARGET``
+    (only targets inside ``root``), anything else as ``special``."""
     entries: dict[str, str] = {}
+    base = root.resolve()
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_symlink():
-            entries[rel] = f"symlink:{path.readlink()}"
+            target = path.readlink()
+            if not (path.parent / target).resolve().is_relative_to(base):
+                raise SignatureError(f"{path}: symlink to {target} points outside {root}")
+            entries[rel] = f"symlink:{target}"
         elif path.is_file():
-            entries[rel] = _sha256(path)[0].hex()
+            with path.open("rb") as fh:
+                entries[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
         elif not path.is_dir():
             entries[rel] = "special"
     return entries
 
 
-def file_list(root: Path) -> dict:
-    """The file list of a directory tree, as signed at build time."""
-    return {"schema": FILE_LIST_SCHEMA, "root": str(root), "files": describe_tree(root)}
+def file_list(root: Path, recorded_root: str | None = None) -> dict:
+    """The file list of a directory tree, as signed at build time (``recorded_root``: where
+    the tree will sit when checked, e.g. inside the image)."""
+    return {"schema": FILE_LIST_SCHEMA, "root": recorded_root or str(root),
+            "files": describe_tree(root)}
 
 
 def verify_file_list(list_path: Path, verifier: ArtefactVerifier) -> Verified:
     """Verify a signed file list, then the tree it describes: every listed file present with
     its sha256, nothing unlisted added. Raises SignatureError naming the differences."""
-    verified = verifier.verify(list_path)
+    verified, data = verifier.verify_document(list_path)
     try:
-        doc = json.loads(list_path.read_text())
+        doc = json.loads(data)
         if doc.get("schema") != FILE_LIST_SCHEMA:
             raise ValueError(f"schema {doc.get('schema')!r}")
         root, expected = Path(doc["root"]), dict(doc["files"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SignatureError(f"{list_path}: not a file list: {exc}") from None
     actual = describe_tree(root) if root.is_dir() else {}
     changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
