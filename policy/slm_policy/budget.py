@@ -139,7 +139,10 @@ def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int 
     work = Path(tempfile.mkdtemp(prefix="slm-budget-"))
     args = [sys.executable, "-m", "slm", "serve", "--port", str(port), "--ctx", str(ctx),
             "--threads", str(threads), "--kv-type", kv_type, "--log-level", "warning",
-            "--ledger-path", str(work / "ledger.db"), "--memory-budget-mb", "100000"]
+            "--ledger-path", str(work / "ledger.db"), "--memory-budget-mb", "100000",
+            # the gate measures memory, not latency: on a busy machine three full-context
+            # requests queued behind each other outlast the default 300 s deadline (504)
+            "--request-timeout-s", "3600"]
     if model is not None:
         args += ["--model", str(model), "--model-id", "m"]
     cgroup = Cgroup()
