@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def _write(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slm-gate", description="service-slm release gates")
     sub = parser.add_subparsers(dest="gate", required=True)
@@ -77,10 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     sig.add_argument("--manifest", type=Path, default=None,
                      help="also write and sign this release manifest (paths relative to "
                      "its directory)")
-    sig.add_argument("--trust-config", type=Path, default=None,
-                     help="a Sigstore ClientTrustConfig JSON (default: public Sigstore)")
-    sig.add_argument("--identity-token-file", type=Path, default=None,
-                     help="OIDC token (default: $SIGSTORE_ID_TOKEN or the CI's ambient one)")
+    sig.add_argument("--trust-config", type=Path, default=_env_path("SLM_TRUST_CONFIG"),
+                     help="a Sigstore ClientTrustConfig JSON (default: $SLM_TRUST_CONFIG, "
+                     "else public Sigstore)")
+    sig.add_argument("--identity-token-file", type=Path,
+                     default=_env_path("SLM_IDENTITY_TOKEN_FILE"),
+                     help="OIDC token (default: $SLM_IDENTITY_TOKEN_FILE, $SIGSTORE_ID_TOKEN "
+                     "or the CI's ambient one)")
     ver = sub.add_parser("verify", help="verify a signed release against a signer of "
                          "policy/signing.toml")
     ver.add_argument("manifest", type=Path, help="the release manifest (release.json)")

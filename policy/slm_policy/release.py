@@ -67,8 +67,14 @@ def _first_line(exc: BaseException) -> str:
 def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
     from sigstore.models import ClientTrustConfig
 
-    if path is None:
-        return ClientTrustConfig.production()  # public Sigstore, trust root through TUF
+    if path is None:  # public Sigstore, its trust root through TUF (network)
+        from sigstore.errors import Error as SigstoreError
+
+        try:
+            return ClientTrustConfig.production()
+        except SigstoreError as exc:
+            raise ReleaseError(f"public Sigstore's trust config: {_first_line(exc)} (offline? "
+                               "pass --trust-config)") from None
     try:
         return ClientTrustConfig.from_json(path.read_text())
     except FileNotFoundError:
@@ -184,9 +190,14 @@ def verify(manifest: Path, *, trusted_root: Path | None, signer: Signer,
 def _verifier(trusted_root: Path | None, signer: Signer) -> ArtefactVerifier:
     if trusted_root is None:
         # public Sigstore: the trust root through TUF (network), cached for later offline use
+        from sigstore.errors import Error as SigstoreError
         from sigstore.models import TrustedRoot
 
-        cached = TrustedRoot.production()
+        try:
+            cached = TrustedRoot.production()
+        except SigstoreError as exc:
+            raise ReleaseError(f"public Sigstore's trusted root: {_first_line(exc)} (offline? "
+                               "pass --trusted-root)") from None
         path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
             "service-slm" / "trusted_root.public.json"
         path.parent.mkdir(parents=True, exist_ok=True)
