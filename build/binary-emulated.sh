@@ -67,10 +67,16 @@ if [ -z "$wheel" ]; then
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
   "$HOST_PY" -m pip --disable-pip-version-check -q install "wheel>=0.42"
+  sdist="$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+  if [ ! -f "$sdist" ]; then  # a fresh machine: bootstrap built from PyPI, kept no sdist
+    mkdir -p "$CACHE/sdist"
+    "$HOST_PY" -m pip --disable-pip-version-check -q download --no-deps --no-binary :all: \
+      "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$CACHE/sdist"
+  fi
   CMAKE_ARGS="-DGGML_NATIVE=OFF -DCMAKE_TOOLCHAIN_FILE=$ROOT/build/toolchain-$ARCH.cmake" \
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     "$HOST_PY" -m pip --disable-pip-version-check -q wheel --no-deps \
-    --no-binary llama-cpp-python "$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" \
+    --no-binary llama-cpp-python "$sdist" \
     -w "$tmp" 2>&1 | tail -5
   built="$(ls "$tmp"/llama_cpp_python-*.whl)"
   "$HOST_PY" -m wheel tags --remove --platform-tag "linux_$MACHINE" "$built" >/dev/null
