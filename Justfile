@@ -73,9 +73,9 @@ sign ARCH: setup
 verify ARCH: setup
     files="$(build/release-files.sh {{ARCH}})" && mapfile -t artefacts <<<"$files" && \
         {{bin}}/slm-gate verify build/out/release-{{ARCH}}.json \
-        --signer "${SLM_SIGNER:-local}" \
-        --trusted-root "${SLM_TRUSTED_ROOT:-build/out/sigstore-local/trusted_root.json}" \
-        --expect "${artefacts[@]}"
+        --signer "${SLM_SIGNER:-local}" --expect "${artefacts[@]}" --trusted-root \
+        "${SLM_TRUSTED_ROOT:-$([ "${SLM_SIGNER:-local}" = local ] && \
+        echo build/out/sigstore-local/trusted_root.json || echo "SLM_TRUSTED_ROOT unset")}"
 
 # boot the image in qemu (TCG) and wait until it boots clean (no failed unit, /ready 200);
 # it keeps running: `image/vm.py ssh ARCH CMD`, `image/vm.py stop ARCH`

@@ -13,8 +13,9 @@ from nuitka.plugins.PluginBase import NuitkaPluginBase
 
 BYTECODE = frozenset({"phonenumbers", "starlette", "httpcore", "h11", "prometheus_client",
                       "msgspec", "idna", "markupsafe", "sniffio",
-                      # the signature check's closure (slm.signature -> sigstore), except
-                      # pydantic, requests, urllib3, certifi, cffi: those have entries
+                      # sigstore's closure (the signature check, and email_validator, which
+                      # ships with it unused), except pydantic, requests, urllib3, certifi,
+                      # cffi: those have Nuitka package configuration entries
                       "sigstore", "sigstore_models", "rekor_types", "tuf", "securesystemslib",
                       "cryptography", "rfc3161_client", "rfc8785", "jwt", "id",
                       "platformdirs", "annotated_types", "typing_inspection", "pydantic_core",

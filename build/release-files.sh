@@ -8,7 +8,7 @@ cd "$ROOT"
 arch="${1:?usage: build/release-files.sh amd64|arm64 [--inputs]}"
 if [ "$arch" = "$(dpkg --print-architecture)" ]; then out=build/out; else out="build/out/$arch"; fi
 manifest="$out/bin/slm.manifest.json"
-[ -f "$manifest" ] || { echo "release-files: $manifest not found (run just image $arch)" >&2; exit 1; }
+[ -f "$manifest" ] || { echo "release-files: $manifest not found (build it: build/binary-for.sh $arch)" >&2; exit 1; }
 model="$out/share/slm/$(.venv/bin/python -c 'import json, sys
 print(json.load(open(sys.argv[1]))["model"]["file"])' "$manifest")"
 echo "$out/bin/slm"

@@ -230,6 +230,21 @@ def test_release_round_trip_and_tampering(stack: SigstoreStack, token_file: Path
     assert verified == [] and "release manifest" in failures[0]
 
 
+def test_a_forged_token_is_a_one_line_signing_error(stack: SigstoreStack,
+                                                     other_stack: SigstoreStack,
+                                                     tmp_path: Path) -> None:
+    """Fulcio refuses a token from another issuer key: exit 2, one line, no traceback."""
+    (tmp_path / "a.bin").write_bytes(b"a")
+    (tmp_path / "token").write_text(other_stack.token())
+    done = subprocess.run([*GATE, "sign", str(tmp_path / "a.bin"), "--trust-config",
+                           str(stack.trust_config_path), "--identity-token-file",
+                           str(tmp_path / "token")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "signing failed" in done.stderr
+    assert not bundle_path_for(tmp_path / "a.bin").exists()
+
+
 def test_gate_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     missing = subprocess.run([*GATE, "verify", str(tmp_path / "release.json"),
                               "--signer", "nobody", "--trusted-root", str(tmp_path / "r.json")],

@@ -106,7 +106,6 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
          manifest: Path | None = None) -> list[Signed]:
     """Sign every artefact (bundle beside it); with ``manifest``, write and sign the
     release manifest listing them, paths relative to the manifest's directory."""
-    from sigstore.errors import Error as SigstoreError
     from sigstore.hashes import Hashed
     from sigstore.sign import SigningContext
     from sigstore_models.common.v1 import HashAlgorithm
@@ -114,7 +113,7 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
     missing = [str(a) for a in artefacts if not a.is_file()]
     if missing:
         raise ReleaseError(f"cannot sign missing artefact(s): {', '.join(missing)}")
-    context = SigningContext.from_trust_config(_trust_config(trust_config))
+    config = _trust_config(trust_config)
     token = identity_token(token_file)
     signed: list[Signed] = []
 
@@ -127,17 +126,20 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
         return Signed(path, target, digest.hex(), size, time.perf_counter() - began)
 
     try:
+        context = SigningContext.from_trust_config(config)
         with context.signer(token, cache=True) as signer:
             signed = [sign_one(signer, path) for path in artefacts]
             if manifest is not None:
                 _write_atomic(manifest, json.dumps(_manifest(signed, manifest.parent),
                                                    indent=2) + "\n")
                 signed.append(sign_one(signer, manifest))
-    except SigstoreError as exc:
-        cause = f" ({_first_line(exc.__cause__)})" if exc.__cause__ else ""
-        raise ReleaseError(f"signing failed: {_first_line(exc)}{cause}") from None
     except OSError as exc:
         raise ReleaseError(f"signing failed: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - sigstore's Fulcio/Rekor/expiry errors share no
+        # base class with its Error; Fulcio's own message is often only in the cause
+        cause = f" ({_first_line(exc.__cause__)})" if exc.__cause__ else ""
+        raise ReleaseError(f"signing failed: {type(exc).__name__}: {_first_line(exc)}"
+                           f"{cause}") from None
     return signed
 
 

@@ -209,18 +209,21 @@ def describe_tree(root: Path) -> dict[str, str]:
     (only targets inside ``root``), anything else as ``special``."""
     entries: dict[str, str] = {}
     base = root.resolve()
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            target = path.readlink()
-            if not (path.parent / target).resolve().is_relative_to(base):
-                raise SignatureError(f"{path}: symlink to {target} points outside {root}")
-            entries[rel] = f"symlink:{target}"
-        elif path.is_file():
-            with path.open("rb") as fh:
-                entries[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
-        elif not path.is_dir():
-            entries[rel] = "special"
+    try:
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                target = path.readlink()
+                if not (path.parent / target).resolve().is_relative_to(base):
+                    raise SignatureError(f"{path}: symlink to {target} points outside {root}")
+                entries[rel] = f"symlink:{target}"
+            elif path.is_file():
+                with path.open("rb") as fh:
+                    entries[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
+            elif not path.is_dir():
+                entries[rel] = "special"
+    except OSError as exc:
+        raise SignatureError(f"{exc.filename or root}: cannot read: {exc.strerror}") from None
     return entries
 
 
