@@ -18,7 +18,7 @@ from pathlib import Path
 
 from slm.errors import SignatureError
 from slm.model_file import sha256_of
-from slm.signature import ArtefactVerifier, Signer, Verified, bundle_path_for
+from slm.signature import ArtefactVerifier, Signer, Verified, bundle_path_for, first_line
 
 SIGNING_POLICY = Path(__file__).resolve().parents[1] / "signing.toml"
 MANIFEST_SCHEMA = "service-slm.release/v1"
@@ -60,10 +60,6 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
-
-
 def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
     from sigstore.models import ClientTrustConfig
 
@@ -73,14 +69,14 @@ def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
         try:
             return ClientTrustConfig.production()
         except SigstoreError as exc:
-            raise ReleaseError(f"public Sigstore's trust config: {_first_line(exc)} (offline? "
+            raise ReleaseError(f"public Sigstore's trust config: {first_line(exc)} (offline? "
                                "pass --trust-config)") from None
     try:
         return ClientTrustConfig.from_json(path.read_text())
     except FileNotFoundError:
         raise ReleaseError(f"trust config not found: {path}") from None
     except Exception as exc:
-        raise ReleaseError(f"trust config {path} is not valid: {_first_line(exc)}") from None
+        raise ReleaseError(f"trust config {path} is not valid: {first_line(exc)}") from None
 
 
 def identity_token(token_file: Path | None):  # -> sigstore.oidc.IdentityToken
@@ -99,7 +95,7 @@ def identity_token(token_file: Path | None):  # -> sigstore.oidc.IdentityToken
     except OSError as exc:
         raise ReleaseError(f"cannot read the identity token: {exc}") from None
     except IdentityError as exc:
-        raise ReleaseError(f"the identity token is not usable: {_first_line(exc)}") from None
+        raise ReleaseError(f"the identity token is not usable: {first_line(exc)}") from None
 
 
 def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path | None,
@@ -137,8 +133,8 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
         raise ReleaseError(f"signing failed: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - sigstore's Fulcio/Rekor/expiry errors share no
         # base class with its Error; Fulcio's own message is often only in the cause
-        cause = f" ({_first_line(exc.__cause__)})" if exc.__cause__ else ""
-        raise ReleaseError(f"signing failed: {type(exc).__name__}: {_first_line(exc)}"
+        cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ else ""
+        raise ReleaseError(f"signing failed: {type(exc).__name__}: {first_line(exc)}"
                            f"{cause}") from None
     return signed
 
@@ -198,7 +194,7 @@ def _verifier(trusted_root: Path | None, signer: Signer) -> ArtefactVerifier:
         try:
             cached = TrustedRoot.production()
         except SigstoreError as exc:
-            raise ReleaseError(f"public Sigstore's trusted root: {_first_line(exc)} (offline? "
+            raise ReleaseError(f"public Sigstore's trusted root: {first_line(exc)} (offline? "
                                "pass --trusted-root)") from None
         path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
             "service-slm" / "trusted_root.public.json"

@@ -87,16 +87,19 @@ def check_gguf_header(path: Path) -> None:
         raise ModelError(f"unsupported GGUF version {version} in {path}")
 
 
+def resolve_model_path(path: str | Path | None) -> Path:
+    """The model file a setting names, or the embedded default model when it names none."""
+    return default_model_path() if path is None else Path(path).expanduser()
+
+
 def open_model_file(path: str | Path | None, expected_sha256: str | None) -> ModelFile:
     """Resolve the model (the default one when ``path`` is None) and verify it.
 
     Raises ModelError for a missing, unreadable, non-GGUF file or a sha256 mismatch.
     """
+    resolved = resolve_model_path(path)
     if path is None:
-        resolved = default_model_path()
         expected_sha256 = expected_sha256 or DEFAULT_MODEL_SHA256
-    else:
-        resolved = Path(path).expanduser()
     if not resolved.is_file():
         raise ModelError(f"model file not found: {resolved}")
     try:

@@ -99,9 +99,9 @@ def plan_context(settings: Settings, model: Path) -> int:
 
 def model_path(settings: Settings) -> Path:
     """The model file the settings name (the embedded default when none)."""
-    from slm.model_file import default_model_path
+    from slm.model_file import resolve_model_path
 
-    return Path(settings.model).expanduser() if settings.model else default_model_path()
+    return resolve_model_path(settings.model)
 
 
 def check_signatures(settings: Settings, model: Path) -> list[Verified]:
@@ -121,7 +121,7 @@ def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]
     never imports sigstore and its dependencies (~45 MB that would stay resident)."""
     import json
 
-    from slm.signature import Verified
+    from slm.signature import Verified, first_line
 
     read_end, write_end = os.pipe()
     try:
@@ -141,9 +141,8 @@ def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]
             except SignatureError as exc:
                 report = {"refused": exc.message, "hint": exc.hint}
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
                 report = {"refused": f"the signature check failed: {type(exc).__name__}: "
-                                     f"{text}"}
+                                     f"{first_line(exc)}"}
             os.write(write_end, json.dumps(report).encode())
             code = 0
         finally:

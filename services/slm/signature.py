@@ -56,7 +56,7 @@ def bundle_path_for(artefact: Path) -> Path:
     return artefact.with_name(artefact.name + BUNDLE_SUFFIX)
 
 
-def _first_line(exc: BaseException, limit: int = 240) -> str:
+def first_line(exc: BaseException, limit: int = 240) -> str:
     """An exception's first line, cut to ``limit`` characters (some carry whole proofs)."""
     text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
     return text if len(text) <= limit else text[:limit] + "…"
@@ -77,12 +77,12 @@ class ArtefactVerifier:
             raise SignatureError(f"trusted root not found: {trusted_root}") from None
         except Exception as exc:  # the sigstore/pydantic parse errors have no common base
             raise SignatureError(f"trusted root {trusted_root} is not valid: "
-                                 f"{_first_line(exc)}") from None
+                                 f"{first_line(exc)}") from None
         try:
             self._verifier = Verifier(trusted_root=root)
         except Exception as exc:  # e.g. no certificate authority valid now
             raise SignatureError(f"trusted root {trusted_root} is not usable: "
-                                 f"{_first_line(exc)}") from None
+                                 f"{first_line(exc)}") from None
         self._policy = policy.Identity(identity=signer.identity, issuer=signer.issuer)
         self.signer = signer
 
@@ -125,19 +125,19 @@ class ArtefactVerifier:
                                  hint="unsigned artefacts are refused") from None
         except Exception as exc:  # unreadable, malformed JSON, schema or certificate
             raise SignatureError(f"{artefact}: bundle {bundle} is malformed: "
-                                 f"{_first_line(exc)}") from None
+                                 f"{first_line(exc)}") from None
         try:
             self._verifier.verify_artifact(
                 Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest), parsed, self._policy)
         except SigstoreError as exc:
-            reason = _first_line(exc)
+            reason = first_line(exc)
             hint = (f"expected signer {self.signer.identity} ({self.signer.issuer})"
                     if "SAN" in reason or "ssuer" in reason else None)
             raise SignatureError(f"{artefact}: signature does not verify: {reason}",
                                  hint=hint) from None
         except Exception as exc:  # a bundle that parses but breaks deeper checks
             raise SignatureError(f"{artefact}: signature does not verify: "
-                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
+                                 f"{type(exc).__name__}: {first_line(exc)}") from None
         self._check_signed_within_validity(artefact, parsed)
         return Verified(path=artefact, sha256=digest.hex(), size=size,
                         log_index=int(parsed.log_entry._inner.log_index),
