@@ -176,10 +176,14 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
 
     verified_model = None
     if settings.trusted_root:  # before the sha256 pin: a swapped model is refused (exit 3)
-        for done in check_signatures_in_child(settings, model_path(settings)):
+        model = model_path(settings)
+        for done in check_signatures_in_child(settings, model):
             log.info("signature verified: %s (log index %d) in %.2f s", done.path,
                      done.log_index, done.seconds)
-            verified_model = done
+            if done.path == model:
+                verified_model = done
+        if verified_model is None:  # fail closed: the check must have covered this model
+            raise SignatureError(f"{model}: the signature check did not cover the model")
     model_file = open_model_file(settings.model, settings.model_sha256)
     if verified_model and model_file.sha256 != verified_model.sha256:
         raise SignatureError(f"{model_file.path} changed after its signature was verified "
