@@ -1,16 +1,17 @@
-"""The ``slm`` command: ``serve`` the Doorman, audit its ``ledger``, ``plan`` memory,
-``sanitise`` text, inspect ``config``.
+"""The ``slm`` command: ``serve`` the Doorman, ``chat`` with it, audit its ``ledger``,
+``plan`` memory, ``sanitise`` text, ``verify`` signatures, inspect ``config``.
 
 Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use,
 broken ledger chain), 2 invalid configuration or usage, or a ledger file that cannot be
-read, 3 an artefact refused by the signature check (the unit does not restart on 3).
-Errors are one line on stderr.
+read, 3 an artefact refused by the signature check (the unit does not restart on 3), 130
+interrupted (Ctrl-C). Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,6 +99,28 @@ def _parser() -> argparse.ArgumentParser:
         "model against signing.trusted_root (exit 0 verified, 3 refused)")
     verify.add_argument("--config", type=Path, default=None, help="TOML config file")
     add_flags(verify)
+
+    chat = sub.add_parser(
+        "chat", help="chat with a Doorman in the terminal, or answer one question (-p)")
+    chat.add_argument("--url", default=os.environ.get("SLM_URL", "http://127.0.0.1:8080"),
+                      help="the Doorman's base URL (default: $SLM_URL or "
+                      "http://127.0.0.1:8080)")
+    chat.add_argument("--model-file", type=Path, default=None,
+                      help="start a private Doorman on this GGUF file instead (default "
+                      "settings, no config file) and chat with it")
+    chat.add_argument("--ledger", type=Path, default=None,
+                      help="with --model-file: keep its audit ledger here (default: a "
+                      "temporary file, removed at the end)")
+    chat.add_argument("--model", help="model id to ask (default: the first one listed)")
+    chat.add_argument("--api-key-file", type=Path, default=None,
+                      help="file whose first line is the API key (default: $SLM_API_KEY)")
+    chat.add_argument("-s", "--system", help="system prompt")
+    chat.add_argument("-p", "--prompt",
+                      help="ask this one question and exit (piped stdin is appended)")
+    chat.add_argument("--max-tokens", type=_positive, default=None)
+    chat.add_argument("--temperature", type=float, default=None)
+    chat.add_argument("--stats", action="store_true",
+                      help="after each answer, print its token counts and finish reason")
 
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
@@ -257,6 +280,15 @@ def _sanitise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat(args: argparse.Namespace) -> int:
+    from slm.chat_cli import run_chat
+
+    return run_chat(args.url, model=args.model, model_file=args.model_file,
+                    ledger=args.ledger, api_key_file=args.api_key_file, system=args.system,
+                    prompt=args.prompt, max_tokens=args.max_tokens,
+                    temperature=args.temperature, stats=args.stats)
+
+
 def _config(args: argparse.Namespace) -> int:
     if args.action == "doc":
         print(settings_doc())
@@ -280,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sanitise(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "chat":
+            return _chat(args)
         return _config(args)
     except ConfigError as exc:
         print(f"slm: config error: {exc.one_line()}", file=sys.stderr)

@@ -32,6 +32,10 @@ class SignatureError(SlmError):
     """An artefact's Sigstore signature is missing, malformed, or does not verify."""
 
 
+class ClientError(SlmError):
+    """``slm chat`` / ``slm ingest`` could not get an answer from the Doorman."""
+
+
 class EngineError(SlmError):
     """The inference engine failed while serving a request."""
 
