@@ -141,6 +141,7 @@ def test_interactive_history_reset_and_exit(tiny_server):
     assert int(term.expect(STATS).group(1)) == first
     term.type("/nonsense\r")
     term.expect(rb"unknown command /nonsense")
+    term.expect(rb">>> ")
     term.type("\x03")  # Ctrl-C at the prompt does not leave
     term.expect(rb"Ctrl-D or /exit leaves")
     term.type("/exit\r")
