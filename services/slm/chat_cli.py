@@ -35,6 +35,7 @@ class ChatOptions:
     system: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None
+    documents: list[str] = field(default_factory=list)
 
     def body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -43,6 +44,8 @@ class ChatOptions:
             body["max_tokens"] = self.max_tokens
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        if self.documents:
+            body["documents"] = self.documents
         return body
 
 
@@ -67,12 +70,17 @@ def stats_line(answer: Answer) -> str:
             f"{answer.finish_reason or 'cancelled'}]")
 
 
+def sources_lines(answer: Answer) -> str:
+    """``[1] report.pdf, page 2`` for each document excerpt the answer was given."""
+    return "".join(f"[{c['ref']}] {c['filename']}, {c['where']}\n" for c in answer.citations)
+
+
 def one_shot(client: DoormanClient, options: ChatOptions, question: str, *,
              stats: bool) -> int:
     """Answer one question on stdout."""
     answer = stream_answer(client, options.body([{"role": "user", "content": question}]),
                            sys.stdout)
-    sys.stdout.write("\n")
+    sys.stdout.write("\n" + sources_lines(answer))
     if stats:
         print(stats_line(answer), file=sys.stderr)
     return 0
@@ -134,6 +142,8 @@ class Session:
         if shown or answer is not None:
             self.history += [{"role": "user", "content": text},
                              {"role": "assistant", "content": "".join(shown)}]
+        if answer is not None:
+            self.out.write(sources_lines(answer))
         if self.stats and answer is not None:
             self.out.write(stats_line(answer) + "\n")
 
@@ -160,7 +170,7 @@ class Session:
                 self.out.write("\n(cancelled)\n")
 
 
-def _api_key(path: Path | None) -> str | None:
+def api_key(path: Path | None) -> str | None:
     if path is not None:
         try:
             lines = path.read_text(encoding="utf-8").split()
@@ -196,13 +206,15 @@ def _question(prompt: str | None) -> str | None:
 
 def run_chat(url: str, *, model: str | None, model_file: Path | None, ledger: Path | None,
              api_key_file: Path | None, system: str | None, prompt: str | None,
-             max_tokens: int | None, temperature: float | None, stats: bool) -> int:
+             max_tokens: int | None, temperature: float | None, documents: list[str],
+             stats: bool) -> int:
     """``slm chat``: one-shot when a question is given or piped, else interactive."""
     question = _question(prompt)
-    key = _api_key(api_key_file)
+    key = api_key(api_key_file)
     with _doorman(url, model_file, ledger) as base, DoormanClient(base, key) as client:
         options = ChatOptions(model=model or client.first_model(), system=system,
-                              max_tokens=max_tokens, temperature=temperature)
+                              max_tokens=max_tokens, temperature=temperature,
+                              documents=documents)
         if question is not None:
             return one_shot(client, options, question, stats=stats)
         with contextlib.suppress(ImportError):

@@ -22,6 +22,7 @@ class Answer:
     text: str = ""
     finish_reason: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    citations: list[dict[str, Any]] = field(default_factory=list)  # from X-Slm-Citations
 
 
 class DoormanClient:
@@ -79,6 +80,8 @@ class DoormanClient:
             with self._http.stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code >= 400:
                     raise ClientError(_error_line(response.status_code, response.read()))
+                if response.headers.get("x-slm-citations"):
+                    answer.citations = json.loads(response.headers["x-slm-citations"])
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue

@@ -122,6 +122,29 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--stats", action="store_true",
                       help="after each answer, print its token counts and finish reason")
 
+    chat.add_argument("--document", action="append", default=[], metavar="ID",
+                      help="answer from this document (an id from 'slm ingest'; repeatable)")
+
+    ingest = sub.add_parser(
+        "ingest", help="send a PDF, DOCX, XLSX or Markdown file to a Doorman for chat "
+        "context; prints its document id")
+    ingest.add_argument("file", type=Path)
+    ingest.add_argument("--url", default=os.environ.get("SLM_URL", "http://127.0.0.1:8080"),
+                        help="the Doorman's base URL (default: $SLM_URL or "
+                        "http://127.0.0.1:8080)")
+    ingest.add_argument("--api-key-file", type=Path, default=None,
+                        help="file whose first line is the API key (default: $SLM_API_KEY)")
+    ingest.add_argument("--json", action="store_true",
+                        help="print the document's whole description as JSON")
+
+    extract = sub.add_parser(
+        "extract-text", help="(internal) a document on stdin as JSON sections on stdout: "
+        "the limited child process the service reads uploads in")
+    extract.add_argument("--kind", required=True,
+                         choices=["pdf", "docx", "xlsx", "markdown", "text"])
+    extract.add_argument("--max-chars", type=_positive, required=True)
+    extract.add_argument("--max-unpacked-bytes", type=_positive, required=True)
+
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
     config.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -286,7 +309,31 @@ def _chat(args: argparse.Namespace) -> int:
     return run_chat(args.url, model=args.model, model_file=args.model_file,
                     ledger=args.ledger, api_key_file=args.api_key_file, system=args.system,
                     prompt=args.prompt, max_tokens=args.max_tokens,
-                    temperature=args.temperature, stats=args.stats)
+                    temperature=args.temperature, documents=args.document,
+                    stats=args.stats)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    import mimetypes
+
+    from slm.chat_cli import api_key
+    from slm.chat_client import DoormanClient
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from None
+    content_type = mimetypes.guess_type(args.file.name)[0] or "application/octet-stream"
+    with DoormanClient(args.url, api_key(args.api_key_file)) as client:
+        card = client.upload(args.file.name, data, content_type)
+    print(json.dumps(card, indent=2) if args.json else card["id"])
+    return 0
+
+
+def _extract_text(args: argparse.Namespace) -> int:
+    from slm.documents.isolated import extract_text_main
+
+    return extract_text_main(args.kind, args.max_chars, args.max_unpacked_bytes)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -314,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "chat":
             return _chat(args)
+        if args.command == "ingest":
+            return _ingest(args)
+        if args.command == "extract-text":
+            return _extract_text(args)
         return _config(args)
     except ConfigError as exc:
         print(f"slm: config error: {exc.one_line()}", file=sys.stderr)

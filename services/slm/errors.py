@@ -101,6 +101,13 @@ class BodyTooLarge(RequestError):
     code = "request_too_large"
 
 
+class DocumentRejected(RequestError):
+    """An uploaded document cannot be read: unknown type, encrypted, corrupt (400), too
+    large once unpacked (413), or the document store is full (429)."""
+
+    code = "invalid_document"
+
+
 class QueueFull(RequestError):
     """The admission queue is full (429, with Retry-After)."""
 

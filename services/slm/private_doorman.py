@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,16 +19,7 @@ from pathlib import Path
 import httpx
 
 from slm.errors import ClientError
-
-
-def slm_command() -> list[str]:
-    """How to run this same ``slm``: the compiled binary itself, or this Python."""
-    if "__compiled__" in globals():
-        argv0 = sys.argv[0]
-        if os.sep not in argv0:
-            argv0 = shutil.which(argv0) or argv0
-        return [str(Path(argv0).resolve())]
-    return [sys.executable, "-m", "slm"]
+from slm.self_exec import slm_command
 
 
 def _free_port() -> int:

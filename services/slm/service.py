@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+from slm.documents.store import DocumentStore
 from slm.engine import Engine, GenerationResult
 from slm.errors import (
     LedgerUnavailable,
@@ -61,6 +62,8 @@ class Doorman:
         self.metrics.memory_budget.set(self.memory_budget)
         self.detector = settings.detector()
         self.router = Router(settings, self.model_id, self.metrics)
+        self.documents = DocumentStore(settings.documents_ttl_s,
+                                       settings.documents_max_stored_chars)
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
         self.load_error: SlmError | None = None

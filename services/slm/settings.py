@@ -206,6 +206,43 @@ class Settings:
         "sanitise", {}, "Extra entity types: `{ NAME = \"regex\" }` (the whole match, or "
         "its one capturing group, is replaced).", key="custom", cli=False,
     )
+    # [documents]
+    documents_enabled: bool = _setting(
+        "documents", True, "Accept documents at `POST /v1/documents` for chat context.",
+        key="enabled",
+    )
+    documents_max_bytes: int = _setting(
+        "documents", 10 * 1024 * 1024, "Largest document upload (413 above).",
+        key="max_bytes", check=_at_least(1024),
+    )
+    documents_max_chars: int = _setting(
+        "documents", 1_000_000, "Most text one document may hold once extracted (413 above).",
+        key="max_chars", check=_at_least(1),
+    )
+    documents_max_stored_chars: int = _setting(
+        "documents", 4_000_000, "Text held for all documents together (429 above); "
+        "documents live in memory only.", key="max_stored_chars", check=_at_least(1),
+    )
+    documents_ttl_s: float = _setting(
+        "documents", 3600.0, "How long a document is kept after its upload; then it is "
+        "forgotten.", key="ttl_s", check=_at_least(1),
+    )
+    documents_chunk_tokens: int = _setting(
+        "documents", 256, "Tokens per chunk of document text.", key="chunk_tokens",
+        check=_at_least(16),
+    )
+    documents_context_tokens: int = _setting(
+        "documents", 1536, "Most tokens of document excerpts added to a chat request (less "
+        "when the context has less room).", key="context_tokens", check=_at_least(16),
+    )
+    documents_extract_timeout_s: float = _setting(
+        "documents", 30.0, "Deadline for reading one document (its parser is then killed).",
+        key="extract_timeout_s", check=_at_least(1),
+    )
+    documents_extract_memory_mb: int = _setting(
+        "documents", 512, "Address-space limit of the child process that reads a document.",
+        key="extract_memory_mb", check=_at_least(64),
+    )
     # [signing]
     trusted_root: str | None = _setting(
         "signing", None, "Pinned Sigstore `trusted_root.json`. When set, nothing loads "

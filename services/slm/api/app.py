@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from slm import __version__
 from slm.api import schemas
+from slm.api.documents import DocumentRoutes, cite
 from slm.api.errors import error_body, error_response, http_error_response
 from slm.engine import Engine, GenerationResult, SamplingParams
 from slm.errors import (
@@ -62,7 +63,7 @@ log = logging.getLogger("slm.api")
 Handler = Callable[[Request], Awaitable[Response]]
 
 # Endpoints whose every request leaves a record in the audit ledger.
-AUDITED = frozenset({"chat", "completions", "embeddings"})
+AUDITED = frozenset({"chat", "completions", "embeddings", "documents"})
 # Tier A failures that mean "not now" rather than "not this request": tier B may take over.
 TIER_A_BUSY = (QueueFull, NotReady, MemoryBudgetExceeded)
 # Bodies above this size are sanitised on a worker thread, off the event loop.
@@ -168,6 +169,7 @@ class DoormanAPI:
 
     def __init__(self, doorman: Doorman) -> None:
         self.d = doorman
+        self.documents = DocumentRoutes(doorman, _read_body, self._note_prompt)
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -404,6 +406,10 @@ class DoormanAPI:
 
     async def chat_completions(self, request: Request) -> Response:
         body = await _read_body(request, self.d.settings.max_body_bytes)
+        body, cites = self.documents.expand(body)
+        return cite(await self._chat(request, body), cites)
+
+    async def _chat(self, request: Request, body: bytes) -> Response:
         req = schemas.decode(body, schemas.ChatCompletionRequest)
         targets = self.d.router.targets(req.model)
         messages = schemas.chat_messages(req.messages)
@@ -919,6 +925,13 @@ class _Reply:
         return out
 
 
+async def _purge_documents(doorman: Doorman) -> None:
+    """Forget documents as their time-to-live ends, not only when the store is next used."""
+    while True:
+        await asyncio.sleep(min(10.0, doorman.settings.documents_ttl_s))
+        doorman.documents.purge()
+
+
 def create_app(doorman: Doorman) -> Starlette:
     """The Starlette application serving ``doorman``."""
     api = DoormanAPI(doorman)
@@ -932,6 +945,12 @@ def create_app(doorman: Doorman) -> Starlette:
         Route("/v1/chat/completions", e("chat", api.chat_completions), methods=["POST"]),
         Route("/v1/completions", e("completions", api.completions), methods=["POST"]),
         Route("/v1/embeddings", e("embeddings", api.embeddings), methods=["POST"]),
+        Route("/v1/documents", e("documents", api.documents.ingest), methods=["POST"]),
+        Route("/v1/documents", e("documents_read", api.documents.list), methods=["GET"]),
+        Route("/v1/documents/{doc_id}", e("documents_read", api.documents.get),
+              methods=["GET"]),
+        Route("/v1/documents/{doc_id}", e("documents_delete", api.documents.delete),
+              methods=["DELETE"]),
     ]
 
     async def http_exception(request: Request, exc: Exception) -> Response:
@@ -954,9 +973,11 @@ def create_app(doorman: Doorman) -> Starlette:
                     if interval else None)
         if watchdog:
             watchdog.start()
+        purger = asyncio.create_task(_purge_documents(doorman))
         try:
             yield
         finally:
+            purger.cancel()
             if watchdog:
                 watchdog.stop()
             await doorman.router.aclose()

@@ -1,0 +1,192 @@
+"""The document routes (``POST /v1/documents``, ``GET``/``DELETE /v1/documents/{id}``,
+``GET /v1/documents``) and the chat side: a chat request's ``documents`` ids become a
+system message of numbered excerpts, and its answer names them in ``citations``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from slm.documents.extract import detect_kind, rejected
+from slm.documents.isolated import extract_isolated
+from slm.documents.store import Citation, Document, make_chunks, select_context
+from slm.errors import ContextLengthExceeded, InvalidRequest
+from slm.sanitise.vault import Vault
+from slm.service import Doorman
+
+ReadBody = Callable[[Request, int], Awaitable[bytes]]
+MULTIPART_OVERHEAD = 64 * 1024
+ANSWER_RESERVE_TOKENS = 512  # room kept for the answer when max_tokens is not given
+
+
+class DocumentRoutes:
+    """Handlers for the documents endpoints of one Doorman."""
+
+    def __init__(self, doorman: Doorman, read_body: ReadBody,
+                 note_prompt: Callable[[Request, Any], None]) -> None:
+        self.d = doorman
+        self._read_body = read_body
+        self._note_prompt = note_prompt
+
+    def _enabled(self) -> None:
+        if not self.d.settings.documents_enabled:
+            raise InvalidRequest("documents are disabled on this server (documents.enabled)",
+                                 param="documents", code="documents_disabled")
+
+    async def _upload(self, request: Request) -> tuple[str, str | None, bytes]:
+        """The upload's file name, content type and bytes: multipart (field ``file``) or
+        the raw body with ``?filename=``."""
+        limit = self.d.settings.documents_max_bytes
+        body = await self._read_body(request, limit + MULTIPART_OVERHEAD)
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            sent = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            try:
+                form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
+            except Exception as exc:  # noqa: BLE001 - multipart raises several kinds
+                raise InvalidRequest(f"malformed multipart body: {exc}", param="file") from None
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("the multipart body has no 'file' part", param="file")
+            data = await upload.read()
+            name, kind = upload.filename or "document", upload.content_type
+        else:
+            data = body
+            name = request.query_params.get("filename", "document")
+            kind = content_type or None
+        if len(data) > limit:
+            raise rejected(f"the document is {len(data)} bytes, over the {limit}-byte limit "
+                           "(documents.max_bytes)", "document_too_large", 413)
+        if not data:
+            raise InvalidRequest("the document is empty", param="file")
+        return name, kind, data
+
+    async def ingest(self, request: Request) -> Response:
+        """Read, sanitise, chunk and keep one document; 201 with its description."""
+        self._enabled()
+        settings = self.d.settings
+        name, content_type, data = await self._upload(request)
+        engine, _ = self.d.require_engine()  # its tokenizer sizes the chunks
+        kind = detect_kind(name, content_type, data)
+        sections = await extract_isolated(
+            kind, data, max_chars=settings.documents_max_chars,
+            max_unpacked_bytes=20 * settings.documents_max_bytes,
+            timeout_s=settings.documents_extract_timeout_s,
+            memory_mb=settings.documents_extract_memory_mb)
+
+        vault = Vault(self.d.detector)  # one for the document: one placeholder per value
+
+        def prepare() -> tuple[Document, str]:
+            clean = [type(s)(s.where, vault.redact(s.text)) for s in sections]
+            chunks = make_chunks(clean, lambda t: engine.tokenize(t, add_special=False),
+                                 settings.documents_chunk_tokens)
+            doc = Document(id=self.d.documents.new_id(), filename=name, kind=kind,
+                           size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                           chunks=chunks, entities=dict(vault.counts))
+            return doc, "\n\n".join(s.text for s in clean)
+
+        doc, text = await asyncio.to_thread(prepare)
+        self._note_prompt(request, text)
+        request.state.audit["entities"] = vault.entity_types
+        for entity, count in doc.entities.items():
+            self.d.metrics.entities.labels(entity).inc(count)
+        self.d.documents.add(doc)
+        request.state.log["document"] = doc.id
+        return JSONResponse(doc.card(), status_code=201)
+
+    async def get(self, request: Request) -> Response:
+        self._enabled()
+        return JSONResponse(self.d.documents.get(request.path_params["doc_id"]).card())
+
+    async def list(self, request: Request) -> Response:
+        self._enabled()
+        return JSONResponse({"object": "list",
+                             "data": [d.card() for d in self.d.documents.all()]})
+
+    async def delete(self, request: Request) -> Response:
+        self._enabled()
+        doc_id = request.path_params["doc_id"]
+        self.d.documents.delete(doc_id)
+        return JSONResponse({"id": doc_id, "object": "document", "deleted": True})
+
+    def expand(self, body: bytes) -> tuple[bytes, list[Citation]]:
+        """A chat body naming ``documents``: the same body with their best excerpts as a
+        system message (and without ``documents``), and what the excerpts' numbers cite.
+        Bodies without ``documents`` come back unchanged."""
+        try:
+            raw = json.loads(body)
+        except ValueError:
+            return body, []  # the schema decoder names the problem
+        if not isinstance(raw, dict) or "documents" not in raw:
+            return body, []
+        self._enabled()
+        ids = raw.pop("documents")
+        if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
+            raise InvalidRequest("documents must be a non-empty list of document ids",
+                                 param="documents")
+        docs = [self.d.documents.get(i) for i in dict.fromkeys(ids)]
+        messages = raw.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return json.dumps(raw).encode(), []  # the schema decoder names the problem
+        engine, _ = self.d.require_engine()
+        question = next((m.get("content") for m in reversed(messages)
+                         if isinstance(m, dict) and m.get("role") == "user"), "")
+        wanted = raw.get("max_completion_tokens") or raw.get("max_tokens")
+        used = len(engine.chat_prompt(_text_messages(messages)))
+        room = engine.n_ctx - used - (wanted if isinstance(wanted, int)
+                                      else ANSWER_RESERVE_TOKENS) - 64
+        budget = min(self.d.settings.documents_context_tokens, room)
+        context, cites = select_context(docs, question if isinstance(question, str) else "",
+                                        budget)
+        if not cites:
+            raise ContextLengthExceeded(
+                f"no room for document excerpts: the messages take {used} of the "
+                f"{engine.n_ctx}-token context", param="documents")
+        first = messages[0] if isinstance(messages[0], dict) else {}
+        if first.get("role") == "system" and isinstance(first.get("content"), str):
+            messages[0] = {**first, "content": f"{first['content']}\n\n{context}"}
+        else:
+            messages.insert(0, {"role": "system", "content": context})
+        return json.dumps(raw).encode(), cites
+
+
+def _text_messages(messages: list[Any]) -> list[dict[str, str]]:
+    """Messages as role/content strings, for counting their tokens."""
+    out = []
+    for m in messages:
+        if isinstance(m, dict):
+            content = m.get("content")
+            out.append({"role": str(m.get("role", "user")),
+                        "content": content if isinstance(content, str) else ""})
+    return out
+
+
+def cite(response: Response, cites: list[Citation]) -> Response:
+    """Name the excerpts in the answer: the ``X-Slm-Citations`` header (an ASCII JSON list,
+    streamed or not), and a ``citations`` list in a non-streamed JSON answer."""
+    if not cites or response.status_code >= 400:
+        return response
+    response.headers["X-Slm-Citations"] = json.dumps([c.as_dict() for c in cites],
+                                                     ensure_ascii=True, separators=(",", ":"))
+    if isinstance(response, JSONResponse):
+        obj = json.loads(response.body)
+        obj["citations"] = [c.as_dict() for c in cites]
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return JSONResponse(obj, status_code=response.status_code, headers=headers)
+    return response

@@ -1,0 +1,1 @@
+"""Document ingest: extraction in a limited child, sanitised chunks, chat context."""
