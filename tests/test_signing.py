@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import run_slm
 from sigstore_stack import SigstoreStack
@@ -392,3 +393,37 @@ def test_signing_config_needs_a_signer(tmp_path: Path) -> None:
     config.write_text('[signing]\ntrusted_root = "/x/trusted_root.json"\n')
     done = run_slm("config", "show", "--config", str(config))
     assert done.returncode == 2 and "signing.identity" in done.stderr
+
+
+def test_adapters_go_through_the_same_admission(start_server, stack: SigstoreStack,
+                                                signed_model: Path, token_file: Path,
+                                                tmp_path: Path) -> None:
+    """A LoRA adapter made for the signed model must be signed too: `slm verify` names it,
+    and without its bundle `slm serve` refuses to start (exit 3)."""
+    import hashlib
+
+    from tiny_model import write_tiny_lora
+
+    lora = write_tiny_lora(tmp_path / "pirate.gguf")
+    sign([lora], trust_config=stack.trust_config_path, token_file=token_file)
+    digest = hashlib.sha256(lora.read_bytes()).hexdigest()
+    base = hashlib.sha256(signed_model.read_bytes()).hexdigest()
+    config = tmp_path / "slm.toml"
+    config.write_text(signing_config(stack) + f'[[adapter]]\nname = "pirate"\nfile = "{lora}"\n'
+                      f'sha256 = "{digest}"\nbase_sha256 = "{base}"\n')
+    done = run_slm("verify", "--config", str(config), "--model", str(signed_model),
+                   timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert str(lora) in done.stdout
+    server = start_server(signed_model, config.read_text())
+    assert f"signature verified: {lora}" in server.log()
+    adapted = httpx.post(server.base + "/v1/chat/completions", timeout=60, json={
+        "model": "tiny:pirate", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2})
+    assert adapted.status_code == 200, adapted.text
+    bundle_path_for(lora).unlink()
+    refused = run_slm("serve", "--config", str(config), "--model", str(signed_model),
+                      "--port", "0", "--ledger-path", str(tmp_path / "ledger.db"), timeout=120)
+    assert refused.returncode == 3, refused.stderr
+    assert "pirate.gguf" in refused.stderr and "no signature bundle" in refused.stderr
+    assert not (tmp_path / "ledger.db").exists()

@@ -116,6 +116,34 @@ def write_tiny_model(
     return path
 
 
+def write_tiny_lora(path: Path, *, seed: int = 99, rank: int = 4, alpha: float = 8.0,
+                    scale: float = 0.5, n_embd: int = N_EMBD) -> Path:
+    """Write a LoRA adapter for the tiny model: low-rank A/B pairs on every layer's
+    ``attn_q``, ``attn_v`` and ``ffn_up`` (strong enough to change greedy answers). Another
+    ``n_embd`` makes one whose tensors do not fit the model."""
+    rng = np.random.default_rng(seed)
+    head_dim = N_EMBD // N_HEAD
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    writer.add_name("tiny-test-lora")
+    shapes = {"attn_q": N_HEAD * head_dim, "attn_v": N_HEAD_KV * head_dim, "ffn_up": N_FF}
+    for i in range(N_LAYER):
+        for name, rows in shapes.items():
+            base = f"blk.{i}.{name}.weight"
+            # numpy (rows, cols) = ggml ne reversed: A is ne [n_embd, rank], B [rank, out]
+            writer.add_tensor(base + ".lora_a",
+                              (rng.standard_normal((rank, n_embd)) * scale).astype(np.float32))
+            writer.add_tensor(base + ".lora_b",
+                              (rng.standard_normal((rows, rank)) * scale).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     write_tiny_model(out, pooling="--pooling" in sys.argv[2:])

@@ -54,6 +54,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    adapter: str | None = None  # a LoRA adapter loaded with Engine.load_adapter
 
 
 @dataclass
@@ -124,6 +125,8 @@ class Engine:
         self._mem = C.llama_get_memory(self._ctx)
         self._batch = C.llama_batch_init(self.n_batch, 0, 1)
         self._cached: list[int] = []  # tokens whose KV entries are in sequence 0
+        self._adapters: dict[str, tuple[C.llama_adapter_lora_p, float]] = {}
+        self._active_adapter: str | None = None  # the adapter _cached was computed with
         self._interrupt: Callable[[], bool] | None = None
         self._abort_cb = C.ggml_abort_callback(self._abort_requested)
 
@@ -198,8 +201,36 @@ class Engine:
             return ""
         return C.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
 
+    def load_adapter(self, name: str, path: str, scale: float) -> None:
+        """Load a GGUF LoRA adapter for requests that name it (ModelError if llama.cpp
+        refuses it, e.g. tensors that do not match this model)."""
+        handle = C.llama_adapter_lora_init(self._model, path.encode())
+        if not handle:
+            raise ModelError(f"adapter {name!r}: llama.cpp could not apply {path} to this "
+                             "model (see the log for the tensor it refused)")
+        self._adapters[name] = (handle, scale)
+
+    def _use_adapter(self, name: str | None) -> None:
+        """Put ``name``'s adapter (or none) on the context; cached KV entries were computed
+        with the previous one, so they go."""
+        if name == self._active_adapter:
+            return
+        if name is None:
+            rc = C.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            handle, scale = self._adapters[name]
+            rc = C.llama_set_adapters_lora(
+                self._ctx, (C.llama_adapter_lora_p_ctypes * 1)(handle), 1,
+                (ctypes.c_float * 1)(scale))
+        if rc != 0:
+            raise EngineError(f"llama.cpp could not set the adapter {name!r} (code {rc})")
+        self._forget_cache()
+        self._active_adapter = name
+
     def close(self) -> None:
-        """Free the llama.cpp objects (the engine is unusable after)."""
+        """Free the llama.cpp objects (the engine is unusable after); adapters go with the
+        model."""
+        self._adapters.clear()
         if self._ctx:
             C.llama_batch_free(self._batch)
             C.llama_free(self._ctx)
@@ -385,6 +416,7 @@ class Engine:
         if not prompt:
             raise EngineError("empty prompt")
         started = time.monotonic()
+        self._use_adapter(params.adapter)
         cached = self._reuse_prefix(prompt)
         self._interrupt = interrupted
         C.llama_set_abort_callback(self._ctx, self._abort_cb, None)

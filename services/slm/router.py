@@ -91,6 +91,8 @@ class Router:
                 chain.append(self._target(self.tier_b, None))
             return chain
         up = self.by_model.get(model)
+        if up is None and model.startswith(self.tier_a_model + ":"):
+            return [Target("A", model)]  # a LoRA adapter: only tier A can apply it
         if up is None:
             names = ", ".join(repr(m) for m, _ in self.model_names())
             raise NotFound(f"model {model!r} does not exist; this server serves {names}",

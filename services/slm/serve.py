@@ -105,15 +105,17 @@ def model_path(settings: Settings) -> Path:
 
 
 def check_signatures(settings: Settings, model: Path) -> list[Verified]:
-    """The start-up admission under ``[signing]``: the signed file list (the binary), then
-    the model; SignatureError (exit 3) on the first artefact refused."""
+    """The start-up admission under ``[signing]``: the signed file list (the binary), the
+    model, then the adapters made for it; SignatureError (exit 3) on the first refused."""
     from slm.signature import Signer, check_at_start
 
     assert settings.trusted_root and settings.signer_identity and settings.signer_issuer
     return check_at_start(
         Path(settings.trusted_root),
         Signer(identity=settings.signer_identity, issuer=settings.signer_issuer), model,
-        Path(settings.file_list) if settings.file_list else None)
+        Path(settings.file_list) if settings.file_list else None,
+        adapters_for=lambda sha256: [Path(a.file) for a in settings.adapters
+                                     if a.base_sha256 == sha256])
 
 
 def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]:
@@ -175,9 +177,12 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.replication import Replica, Replicator
 
     verified_model = None
+    verified: dict[Path, str] | None = None
     if settings.trusted_root:  # before the sha256 pin: a swapped model is refused (exit 3)
         model = model_path(settings)
+        verified = {}
         for done in check_signatures_in_child(settings, model):
+            verified[done.path] = done.sha256
             log.info("signature verified: %s (log index %d) in %.2f s", done.path,
                      done.log_index, done.seconds)
             if done.path == model:
@@ -188,6 +193,9 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     if verified_model and model_file.sha256 != verified_model.sha256:
         raise SignatureError(f"{model_file.path} changed after its signature was verified "
                              f"(sha256 {model_file.sha256}, verified {verified_model.sha256})")
+    from slm.adapters import open_adapters
+
+    adapters = open_adapters(settings.adapters, model_file.sha256, verified)
     n_ctx = plan_context(settings, model_file.path)
     replica = (
         Replica(settings.replica, endpoint=settings.replica_endpoint,
@@ -212,7 +220,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.systemd_notify import notify_ready
 
     quiet_llama_logs()
-    doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx)
+    doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx, adapters=adapters)
     server = _Server(
         uvicorn.Config(
             create_app(doorman), host=settings.host, port=settings.port, log_config=None,

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+from slm.adapters import Adapter, AdapterRegistry
 from slm.documents.store import DocumentStore
 from slm.engine import Engine, GenerationResult
 from slm.errors import (
@@ -46,13 +47,14 @@ class Doorman:
 
     def __init__(
         self, settings: Settings, model_file: ModelFile, api_keys: list[str], ledger: Ledger,
-        *, n_ctx: int | None = None,
+        *, n_ctx: int | None = None, adapters: tuple[Adapter, ...] = (),
     ) -> None:
         self.settings = settings
         self.n_ctx = n_ctx or (settings.ctx if isinstance(settings.ctx, int) else 4096)
         self.memory_budget = int(settings.memory_budget_mb * 1_000_000)
         self.model_file = model_file
         self.model_id = settings.model_id or model_file.default_id
+        self.adapters = AdapterRegistry(adapters, self.model_id, model_file.sha256)
         # (key bytes, key id): the id names a key in the ledger without revealing it
         self.api_keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12])
                          for k in api_keys]
@@ -85,6 +87,9 @@ class Doorman:
                 self.model_file, n_ctx=self.n_ctx, n_threads=self.threads,
                 n_batch=self.settings.batch, kv_type=self.settings.kv_type,
             )
+            for adapter in self.adapters.adapters:
+                if adapter.usable:
+                    engine.load_adapter(adapter.name, str(adapter.path), adapter.config.scale)
             engine.warm_up()
         except SlmError as exc:
             self.load_error = exc

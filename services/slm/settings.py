@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from slm.adapter_config import AdapterConfig, parse_adapters
 from slm.errors import ConfigError
 from slm.sanitise.detectors import ENTITY_TYPES, Detector, DetectorError
 from slm.upstream_config import UpstreamConfig, parse_upstreams
@@ -192,6 +193,11 @@ class Settings:
         "`breaker_failures` (5), `breaker_cooldown_s` (30), `fallback` (upstream names or "
         "`A`). Tier C hosts not listed here are never contacted.", cli=False, key="*",
     )
+    adapters: tuple[AdapterConfig, ...] = _setting(
+        "adapter", (), "LoRA adapters, one `[[adapter]]` table each: `name`, `file` (GGUF), "
+        "`sha256` (of the file), `base_sha256` (the model it applies to), `scale` (1.0). "
+        "Requests pick one as `model:name`.", cli=False, key="*",
+    )
     # [sanitise]
     sanitise_entities: list[str] = _setting(
         "sanitise", list(ENTITY_TYPES), "Entity types replaced by placeholders before a "
@@ -330,7 +336,7 @@ def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is tuple:
-        return parse_upstreams(value)
+        return parse_adapters(value) if key == "[[adapter]]" else parse_upstreams(value)
     if kind is list and ok and not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of strings")
     if kind is dict and ok and not all(isinstance(v, str) for v in value.values()):

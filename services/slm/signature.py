@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,8 +261,11 @@ def verify_file_list(list_path: Path, verifier: ArtefactVerifier) -> Verified:
 
 
 def check_at_start(trusted_root: Path, signer: Signer, model: Path,
-                   file_list_path: Path | None) -> list[Verified]:
-    """The start-up admission: the signed file list (the binary) and the model, offline.
+                   file_list_path: Path | None,
+                   adapters_for: Callable[[str], list[Path]] = lambda _sha256: [],
+                   ) -> list[Verified]:
+    """The start-up admission, offline: the signed file list (the binary), the model, and
+    ``adapters_for(the model's verified sha256)`` (its LoRA adapters).
 
     Raises SignatureError on the first artefact refused."""
     verifier = ArtefactVerifier(trusted_root, signer)
@@ -269,4 +273,5 @@ def check_at_start(trusted_root: Path, signer: Signer, model: Path,
     if file_list_path is not None:
         done.append(verify_file_list(file_list_path, verifier))
     done.append(verifier.verify(model))
+    done += [verifier.verify(path) for path in adapters_for(done[-1].sha256)]
     return done

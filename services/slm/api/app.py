@@ -359,16 +359,30 @@ class DoormanAPI:
         return {"id": name, "object": "model", "created": int(self.d.started_at),
                 "owned_by": f"tier-{up.tier.lower()}:{up.name}"}
 
+    def _adapter_card(self, model: str) -> dict[str, Any]:
+        return {**self._model_card(), "id": model, "parent": self.d.model_id,
+                "adapter": model.split(":", 1)[1]}
+
     async def models(self, request: Request) -> Response:
-        cards = [self._model_card()] + [self._upstream_card(n) for n in self.d.router.by_model]
+        cards = ([self._model_card()]
+                 + [self._adapter_card(m) for m in self.d.adapters.model_ids()]
+                 + [self._upstream_card(n) for n in self.d.router.by_model])
         return JSONResponse({"object": "list", "data": cards})
 
     async def model(self, request: Request) -> Response:
         name = request.path_params["model"]
         if name in self.d.router.by_model:
             return JSONResponse(self._upstream_card(name))
+        if self.d.adapters.owns(name):
+            self.d.adapters.select(name)  # 404 unknown, 400 made for another model
+            return JSONResponse(self._adapter_card(name))
         self._check_model(name)
         return JSONResponse(self._model_card())
+
+    async def adapters(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "model": self.d.model_id,
+                             "model_sha256": self.d.model_file.sha256,
+                             "data": [a.card() for a in self.d.adapters.adapters]})
 
     # -- completions --------------------------------------------------------------------
 
@@ -392,7 +406,9 @@ class DoormanAPI:
     def _sampling(
         self, engine: Engine, req: schemas._Sampling, max_tokens: int, grammar: str | None
     ) -> SamplingParams:
+        adapters = self.d.adapters
         return SamplingParams(
+            adapter=adapters.select(req.model) if adapters.owns(req.model) else None,
             max_tokens=max_tokens,
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
@@ -661,7 +677,8 @@ class DoormanAPI:
         job = self.d.new_job(request.state.request_id)
         job.prompt, job.params = prompt, params
         first = await self._admit(request, scheduler, job)
-        reply = _Reply(self.d.model_id, chat=chat, request_id=request.state.request_id)
+        model = f"{self.d.model_id}:{params.adapter}" if params.adapter else self.d.model_id
+        reply = _Reply(model, chat=chat, request_id=request.state.request_id)
         request.state.log.update(prompt_tokens=len(prompt))
         if req.stream:
             request.state.log["streaming"] = True
@@ -942,6 +959,7 @@ def create_app(doorman: Doorman) -> Starlette:
         Route("/metrics", e("metrics", api.metrics), methods=["GET"]),
         Route("/v1/models", e("models", api.models), methods=["GET"]),
         Route("/v1/models/{model:path}", e("models", api.model), methods=["GET"]),
+        Route("/v1/adapters", e("models", api.adapters), methods=["GET"]),
         Route("/v1/chat/completions", e("chat", api.chat_completions), methods=["POST"]),
         Route("/v1/completions", e("completions", api.completions), methods=["POST"]),
         Route("/v1/embeddings", e("embeddings", api.embeddings), methods=["POST"]),
