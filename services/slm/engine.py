@@ -27,10 +27,12 @@ from slm.chat_template import ChatTemplate
 from slm.errors import EngineError, InvalidRequest, ModelError, Unsupported
 from slm.model_file import ModelFile
 from slm.planner import GGML_KV_TYPE_IDS
+from slm.prompt_cache import PromptCache
 from slm.stops import StopMatcher
 
 FINISH_STOP = "stop"
 BAN_BIAS = -1e9  # what logit_bias -100 ("ban") becomes
+RESTORE_MIN_GAIN = 16  # tokens a snapshot must save over the live prefix to be restored
 FINISH_LENGTH = "length"
 
 _LOG_CALLBACK = C.llama_log_callback(lambda level, text, user_data: None)
@@ -127,6 +129,7 @@ class Engine:
         self._cached: list[int] = []  # tokens whose KV entries are in sequence 0
         self._adapters: dict[str, tuple[C.llama_adapter_lora_p, float]] = {}
         self._active_adapter: str | None = None  # the adapter _cached was computed with
+        self.prompt_cache: PromptCache | None = None  # snapshots of recent prompts' KV
         self._interrupt: Callable[[], bool] | None = None
         self._abort_cb = C.ggml_abort_callback(self._abort_requested)
 
@@ -351,6 +354,49 @@ class Engine:
             del self._cached[n:]
         return n
 
+    def _restore_snapshot(self, prompt: list[int], cached: int, adapter: str | None) -> int:
+        """Swap the live KV entries for a prompt-cache snapshot when it shares more of
+        ``prompt`` (by ``RESTORE_MIN_GAIN`` tokens); the prefix now in the cache."""
+        cache = self.prompt_cache
+        if cache is None:
+            return cached
+        snap, n = cache.best(prompt, adapter)
+        if snap is None or n < cached + RESTORE_MIN_GAIN:
+            cache.misses += 1
+            return cached
+        state = cache.state_of(snap)
+        if state is None:
+            return cached
+        self._forget_cache()
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if C.llama_state_seq_set_data(self._ctx, buf, len(state), 0) != len(state):
+            self._forget_cache()
+            return 0
+        self._cached = list(snap.tokens)
+        if n < len(self._cached):
+            if not C.llama_memory_seq_rm(self._mem, 0, n, -1):
+                self._forget_cache()
+                return 0
+            del self._cached[n:]
+        cache.hits += 1
+        return n
+
+    def _take_snapshot(self, tokens: list[int], adapter: str | None) -> None:
+        """Keep the KV state of ``tokens`` (what sequence 0 holds), if the cache wants it."""
+        cache = self.prompt_cache
+        if cache is None or len(tokens) < cache.min_tokens:
+            return
+        snap, n = cache.best(tokens, adapter)
+        if snap is not None and len(snap.tokens) == len(tokens) and n == len(tokens) - 1:
+            return  # kept already
+        size = C.llama_state_seq_get_size(self._ctx, 0)
+        if not cache.wants(len(tokens), size):
+            return
+        buf = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self._ctx, buf, size, 0)
+        if written:
+            cache.add(list(tokens), adapter, ctypes.string_at(buf, written))
+
     def _make_sampler(self, params: SamplingParams) -> C.llama_sampler_p:
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         if params.logit_bias:
@@ -417,7 +463,7 @@ class Engine:
             raise EngineError("empty prompt")
         started = time.monotonic()
         self._use_adapter(params.adapter)
-        cached = self._reuse_prefix(prompt)
+        cached = self._restore_snapshot(prompt, self._reuse_prefix(prompt), params.adapter)
         self._interrupt = interrupted
         C.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         try:
@@ -448,6 +494,7 @@ class Engine:
                 text = stops.feed(decoder.decode(self._piece(token)))
                 if text:
                     on_text(text)
+
                 if stops.stopped:
                     result.finish_reason = FINISH_STOP
                     break
@@ -465,6 +512,9 @@ class Engine:
         finally:
             C.llama_sampler_free(sampler)
             result.generation_seconds = time.monotonic() - prompt_done
+        # After the answer (not before its first token): the KV now holds the prompt and
+        # the answer, which the next turn of this conversation starts with.
+        self._take_snapshot(self._cached, params.adapter)
         return result
 
     def warm_up(self) -> None:

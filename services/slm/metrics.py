@@ -49,6 +49,13 @@ class Metrics:
         self.generation_seconds = Counter(
             "slm_generation_seconds", "Time spent generating tokens", registry=r
         )
+        self.prompt_cache_restores = Gauge(
+            "slm_prompt_cache_restores", "Prompts that started from a prompt-cache snapshot "
+            "(since start)", registry=r,
+        )
+        self.prompt_cache_bytes = Gauge(
+            "slm_prompt_cache_bytes", "Bytes of KV snapshots held in memory", registry=r,
+        )
         self.prompt_tps = Gauge(
             "slm_prompt_tokens_per_second", "Prompt processing speed of the last request",
             registry=r,

@@ -97,6 +97,22 @@ def plan_context(settings: Settings, model: Path) -> int:
     return settings.ctx
 
 
+def prompt_cache_bytes(settings: Settings, model: Path, n_ctx: int) -> int:
+    """The prompt cache's memory: ``prompt_cache.memory_mb``, but never more than the
+    memory budget leaves beside the model's planned footprint at ``n_ctx``."""
+    from slm.planner import MB, plan
+
+    wanted = int(settings.prompt_cache_memory_mb * MB)
+    if wanted <= 0:
+        return 0
+    planned = plan(model, n_ctx=n_ctx, kv_type=settings.kv_type, n_ubatch=settings.batch,
+                   baseline_mib=settings.memory_baseline_mb)
+    room = int(settings.memory_budget_mb * MB) - planned.total
+    if room < wanted:
+        log.info("prompt cache limited to %d MB by memory.budget_mb", max(room, 0) // MB)
+    return max(0, min(wanted, room))
+
+
 def model_path(settings: Settings) -> Path:
     """The model file the settings name (the embedded default when none)."""
     from slm.model_file import resolve_model_path
@@ -220,7 +236,8 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     from slm.systemd_notify import notify_ready
 
     quiet_llama_logs()
-    doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx, adapters=adapters)
+    doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx, adapters=adapters,
+                      prompt_cache_bytes=prompt_cache_bytes(settings, model_file.path, n_ctx))
     server = _Server(
         uvicorn.Config(
             create_app(doorman), host=settings.host, port=settings.port, log_config=None,

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from slm.adapters import Adapter, AdapterRegistry
 from slm.documents.store import DocumentStore
@@ -27,6 +28,7 @@ from slm.errors import (
 from slm.ledger import Ledger
 from slm.metrics import Metrics
 from slm.model_file import ModelFile
+from slm.prompt_cache import PromptCache
 from slm.router import Router
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
 from slm.settings import Settings, environment_threads
@@ -48,6 +50,7 @@ class Doorman:
     def __init__(
         self, settings: Settings, model_file: ModelFile, api_keys: list[str], ledger: Ledger,
         *, n_ctx: int | None = None, adapters: tuple[Adapter, ...] = (),
+        prompt_cache_bytes: int = 0,
     ) -> None:
         self.settings = settings
         self.n_ctx = n_ctx or (settings.ctx if isinstance(settings.ctx, int) else 4096)
@@ -55,6 +58,7 @@ class Doorman:
         self.model_file = model_file
         self.model_id = settings.model_id or model_file.default_id
         self.adapters = AdapterRegistry(adapters, self.model_id, model_file.sha256)
+        self.prompt_cache_bytes = prompt_cache_bytes
         # (key bytes, key id): the id names a key in the ledger without revealing it
         self.api_keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12])
                          for k in api_keys]
@@ -91,6 +95,7 @@ class Doorman:
                 if adapter.usable:
                     engine.load_adapter(adapter.name, str(adapter.path), adapter.config.scale)
             engine.warm_up()
+            engine.prompt_cache = self._prompt_cache()
         except SlmError as exc:
             self.load_error = exc
             raise
@@ -133,14 +138,31 @@ class Doorman:
         self._shutdown_timer.daemon = True
         self._shutdown_timer.start()
 
+    def _prompt_cache(self) -> PromptCache | None:
+        settings = self.settings
+        if self.prompt_cache_bytes <= 0:
+            return None
+        cache = PromptCache(
+            self.model_file.sha256, memory_bytes=self.prompt_cache_bytes,
+            min_tokens=settings.prompt_cache_min_tokens,
+            directory=Path(settings.prompt_cache_dir) if settings.prompt_cache_dir else None,
+            disk_bytes=int(settings.prompt_cache_disk_mb * 1_000_000))
+        self.metrics.prompt_cache_bytes.set_function(lambda: cache.memory_used)
+        self.metrics.prompt_cache_restores.set_function(lambda: cache.hits)
+        return cache
+
     def close(self) -> None:
-        """Stop the worker and free the model."""
+        """Stop the worker, keep the prompt cache's snapshots, and free the model."""
         if self._shutdown_timer is not None:
             self._shutdown_timer.cancel()
         self.ready.clear()
         self.metrics.ready.set(0)
         stopped = self.scheduler.stop() if self.scheduler else True
         if self.engine and stopped:  # never free the model under a running decode
+            if self.engine.prompt_cache is not None:
+                written = self.engine.prompt_cache.persist()
+                if written:
+                    log.info("prompt cache: %d snapshots kept on disk", written)
             self.engine.close()
 
     def engine_stalled(self, limit_s: float) -> bool:

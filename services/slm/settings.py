@@ -212,6 +212,24 @@ class Settings:
         "sanitise", {}, "Extra entity types: `{ NAME = \"regex\" }` (the whole match, or "
         "its one capturing group, is replaced).", key="custom", cli=False,
     )
+    # [prompt_cache]
+    prompt_cache_memory_mb: float = _setting(
+        "prompt_cache", 32.0, "KV snapshots of recent prompts kept in memory (0 = off); "
+        "never more than the memory budget leaves beside the model's planned footprint.",
+        key="memory_mb", check=_at_least(0),
+    )
+    prompt_cache_min_tokens: int = _setting(
+        "prompt_cache", 64, "Shortest prompt (with its answer) worth a snapshot.",
+        key="min_tokens", check=_at_least(1),
+    )
+    prompt_cache_dir: str | None = _setting(
+        "prompt_cache", None, "Directory keeping snapshots across restarts (entries leaving "
+        "memory, and all at shutdown), one subdirectory per model sha256.", key="dir",
+    )
+    prompt_cache_disk_mb: float = _setting(
+        "prompt_cache", 256.0, "Most bytes of snapshots kept in `prompt_cache.dir`.",
+        key="disk_mb", check=_at_least(0),
+    )
     # [documents]
     documents_enabled: bool = _setting(
         "documents", True, "Accept documents at `POST /v1/documents` for chat context.",
