@@ -97,8 +97,8 @@ def test_a_damaged_snapshot_file_is_dropped(start_server, tiny_model, tmp_path):
     assert "prompt cache" in second.log()
 
 
-def blob(n: int, fill: int = 1) -> bytes:
-    return bytes([fill]) * n
+def blob(n: int, fill: int = 1) -> bytearray:
+    return bytearray([fill]) * n
 
 
 def test_memory_bound_lru_and_prefix_replacement(tmp_path):

@@ -142,7 +142,10 @@ def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int 
             "--ledger-path", str(work / "ledger.db"), "--memory-budget-mb", "100000",
             # the gate measures memory, not latency: on a busy machine three full-context
             # requests queued behind each other outlast the default 300 s deadline (504)
-            "--request-timeout-s", "3600"]
+            "--request-timeout-s", "3600",
+            # what the planner predicts is the model's footprint; the prompt cache is
+            # carved out of the headroom the plan leaves (slm.serve.prompt_cache_bytes)
+            "--prompt-cache-memory-mb", "0"]
     if model is not None:
         args += ["--model", str(model), "--model-id", "m"]
     cgroup = Cgroup()

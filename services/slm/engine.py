@@ -368,7 +368,7 @@ class Engine:
         if state is None:
             return cached
         self._forget_cache()
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer(state)
         if C.llama_state_seq_set_data(self._ctx, buf, len(state), 0) != len(state):
             self._forget_cache()
             return 0
@@ -392,10 +392,12 @@ class Engine:
         size = C.llama_state_seq_get_size(self._ctx, 0)
         if not cache.wants(len(tokens), size):
             return
-        buf = (ctypes.c_uint8 * size)()
-        written = C.llama_state_seq_get_data(self._ctx, buf, size, 0)
-        if written:
-            cache.add(list(tokens), adapter, ctypes.string_at(buf, written))
+        cache.make_room(tokens, adapter, size)
+        state = bytearray(size)
+        written = C.llama_state_seq_get_data(
+            self._ctx, (ctypes.c_uint8 * size).from_buffer(state), size, 0)
+        if written == size:
+            cache.add(list(tokens), adapter, state)
 
     def _make_sampler(self, params: SamplingParams) -> C.llama_sampler_p:
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())

@@ -37,7 +37,7 @@ class Snapshot:
     tokens: tuple[int, ...]
     adapter: str | None
     size: int
-    state: bytes | None = None
+    state: bytearray | None = None  # llama.cpp reads and writes it in place: no copies
     path: Path | None = None
 
     @property
@@ -85,7 +85,7 @@ class PromptCache:
                 best, best_n = snap, n
         return best, best_n
 
-    def state_of(self, snap: Snapshot) -> bytes | None:
+    def state_of(self, snap: Snapshot) -> bytearray | None:
         """The snapshot's state bytes (read from disk when needed; None if unreadable)."""
         if snap.state is not None:
             self._memory.move_to_end(snap.key)
@@ -94,7 +94,8 @@ class PromptCache:
         try:
             with snap.path.open("rb") as fh:
                 _read_header(fh)
-                state = fh.read()
+                state = bytearray(snap.size)
+                got = fh.readinto(state)
             os.utime(snap.path)  # recently used: evicted last
         except (OSError, ValueError) as exc:
             log.warning("prompt cache: dropping unreadable %s: %s", snap.path, exc)
@@ -102,7 +103,7 @@ class PromptCache:
             with contextlib.suppress(OSError):
                 snap.path.unlink()
             return None
-        return state if len(state) == snap.size else None
+        return state if got == snap.size else None
 
     # -- filling ------------------------------------------------------------------------
 
@@ -110,18 +111,24 @@ class PromptCache:
         """Whether a snapshot of this many tokens and bytes is worth keeping at all."""
         return n_tokens >= self.min_tokens and 0 < size <= self.memory_bytes
 
-    def add(self, tokens: list[int], adapter: str | None, state: bytes) -> None:
-        """Keep a new snapshot; snapshots it extends (same adapter, a prefix of it) go."""
-        snap = Snapshot(tuple(tokens), adapter, len(state), state=state)
+    def make_room(self, tokens: list[int], adapter: str | None, size: int) -> None:
+        """Before a snapshot of ``size`` bytes is taken: drop the snapshots it will extend
+        (same adapter, a prefix of ``tokens``), then move the least recently used to disk
+        until it fits, so memory never holds more than ``memory_bytes``."""
         for other in list(self._memory.values()):
             if other.adapter == adapter and common_prefix(other.tokens, tokens) == len(
                     other.tokens):
                 del self._memory[other.key]
-        self._memory[snap.key] = snap
-        self._memory.move_to_end(snap.key)
-        while sum(s.size for s in self._memory.values()) > self.memory_bytes:
+        while self._memory and self.memory_used + size > self.memory_bytes:
             _, evicted = self._memory.popitem(last=False)
             self._write(evicted)
+
+    def add(self, tokens: list[int], adapter: str | None, state: bytearray) -> None:
+        """Keep a new snapshot (call ``make_room`` first)."""
+        self.make_room(tokens, adapter, len(state))
+        snap = Snapshot(tuple(tokens), adapter, len(state), state=state)
+        self._memory[snap.key] = snap
+        self._memory.move_to_end(snap.key)
 
     @property
     def memory_used(self) -> int:
