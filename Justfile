@@ -31,6 +31,7 @@ bench: setup
     {{bin}}/python tests/bench/bench_ledger.py
     {{bin}}/python tests/bench/bench_sanitise.py
     {{bin}}/python tests/bench/bench_binary.py
+    {{bin}}/python tests/bench/bench_prompt_cache.py
 
 # compile the one-file binary with Nuitka: build/out/bin/slm (+ .manifest.json), litestream
 # and the default model beside it

@@ -91,6 +91,25 @@ def test_ledger_grows_with_a_request_and_verifies(host, forwarded_chat):
     assert after == before + 1  # ledger_verify ran `slm ledger verify`: the chain is intact
 
 
+def test_document_ingest_and_a_cited_answer(vm, host):
+    """A PDF through the forwarded port: read by the compiled binary's limited child
+    process under the hardened unit, sanitised, and cited in a chat answer."""
+    import document_files
+
+    pdf = document_files.pdf([["Appliance notes."],
+                              ["Mail ops@example.com when the kiln overheats."]])
+    sent = httpx.post(vm.url + "/v1/documents", timeout=600,
+                      files={"file": ("notes.pdf", pdf, "application/pdf")})
+    assert sent.status_code == 201, sent.text
+    card = sent.json()
+    assert card["kind"] == "pdf" and card["sanitised"] == {"EMAIL": 1}
+    answer = httpx.post(vm.url + "/v1/chat/completions", timeout=900, json={
+        "model": MODEL_ID, "max_tokens": 2, "temperature": 0, "documents": [card["id"]],
+        "messages": [{"role": "user", "content": "Whom do I mail when the kiln overheats?"}]})
+    assert answer.status_code == 200, answer.text
+    assert "page 2" in [c["where"] for c in answer.json()["citations"]]
+
+
 def test_root_file_system_is_read_only_squashfs(host):
     root = host.mount_point("/")
     assert root.filesystem == "squashfs" and "ro" in root.options
