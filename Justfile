@@ -25,7 +25,8 @@ lint: setup
     {{bin}}/ruff check services policy tests image build
 
 # speed and memory figures: the default model against llama.cpp's llama-bench, the ledger,
-# and the sanitiser (precision/recall on the labelled corpus, MB/s)
+# the sanitiser (precision/recall on the labelled corpus, MB/s), the binary, and the prompt
+# cache (time to first token with and without it)
 bench: setup
     {{bin}}/python tests/bench/bench.py
     {{bin}}/python tests/bench/bench_ledger.py
