@@ -93,10 +93,12 @@ def test_the_model_sees_the_sanitised_excerpts(start_server, tiny_model):
 
 
 def test_raw_body_upload_list_and_delete(tiny_server):
-    sent = httpx.post(tiny_server.base + "/v1/documents?filename=notes.md",
+    sent = httpx.post(tiny_server.base + "/v1/documents",
+                      params={"filename": "../../secret/no\ntes.md"},
                       content=b"# Notes\n\nPlain words.\n",
                       headers={"Content-Type": "text/markdown"}, timeout=60)
     assert sent.status_code == 201, sent.text
+    assert sent.json()["filename"] == "notes.md"  # no path, no control characters
     doc_id = sent.json()["id"]
     listed = httpx.get(tiny_server.base + "/v1/documents").json()["data"]
     assert doc_id in [d["id"] for d in listed]

@@ -61,15 +61,20 @@ class DocumentRoutes:
                 form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
             except Exception as exc:  # noqa: BLE001 - multipart raises several kinds
                 raise InvalidRequest(f"malformed multipart body: {exc}", param="file") from None
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise InvalidRequest("the multipart body has no 'file' part", param="file")
-            data = await upload.read()
-            name, kind = upload.filename or "document", upload.content_type
+            try:  # closing the form removes the spooled copy of a large upload
+                upload = form.get("file")
+                if not isinstance(upload, UploadFile):
+                    raise InvalidRequest("the multipart body has no 'file' part",
+                                         param="file")
+                data = await upload.read()
+                name, kind = upload.filename or "document", upload.content_type
+            finally:
+                await form.close()
         else:
             data = body
             name = request.query_params.get("filename", "document")
             kind = content_type or None
+        name = _clean_name(name)
         if len(data) > limit:
             raise rejected(f"the document is {len(data)} bytes, over the {limit}-byte limit "
                            "(documents.max_bytes)", "document_too_large", 413)
@@ -164,6 +169,14 @@ class DocumentRoutes:
         else:
             messages.insert(0, {"role": "system", "content": context})
         return json.dumps(raw).encode(), cites
+
+
+def _clean_name(name: str) -> str:
+    """A file name fit for the card and the model's context: its last path component,
+    without control characters, at most 120 characters."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())[:120].strip()
+    return base or "document"
 
 
 def _text_messages(messages: list[Any]) -> list[dict[str, str]]:
