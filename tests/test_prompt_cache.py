@@ -141,3 +141,31 @@ def test_the_cache_takes_only_what_the_budget_leaves(tiny_model: Path, tmp_path)
     assert 0 < left < 64_000_000
     config.write_text("[memory]\nbudget_mb = 60\n")
     assert prompt_cache_bytes(load_settings(config), tiny_model, 4096) == 0
+
+
+def test_a_changed_adapter_under_the_same_name_does_not_reuse_snapshots(
+        start_server, tiny_model, tmp_path):
+    from tiny_model import write_tiny_lora
+
+    directory = tmp_path / "prompt-cache"
+
+    def config(lora: Path) -> str:
+        digest = hashlib.sha256(lora.read_bytes()).hexdigest()
+        base = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+        return (f'[prompt_cache]\ndir = "{directory}"\n[[adapter]]\nname = "pirate"\n'
+                f'file = "{lora}"\nsha256 = "{digest}"\nbase_sha256 = "{base}"\n')
+
+    def ask_adapted(base: str) -> dict:
+        return httpx.post(base + "/v1/chat/completions", timeout=60, json={
+            "model": f"{TINY_ID}:pirate", "max_tokens": 4, "temperature": 0,
+            "messages": [{"role": "system", "content": SYSTEM_A},
+                         {"role": "user", "content": "hello"}]}).json()
+
+    first = start_server(tiny_model, config(write_tiny_lora(tmp_path / "a.gguf", seed=1)))
+    ask_adapted(first.base)
+    first.stop()
+    same = start_server(tiny_model, config(tmp_path / "a.gguf"))
+    assert cached(ask_adapted(same.base)) > 1000
+    same.stop()
+    changed = start_server(tiny_model, config(write_tiny_lora(tmp_path / "b.gguf", seed=2)))
+    assert cached(ask_adapted(changed.base)) == 0

@@ -57,6 +57,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     adapter: str | None = None  # a LoRA adapter loaded with Engine.load_adapter
+    snapshot: bool = True  # may the prompt cache keep this request's KV (not documents')
 
 
 @dataclass
@@ -127,9 +128,11 @@ class Engine:
         self._mem = C.llama_get_memory(self._ctx)
         self._batch = C.llama_batch_init(self.n_batch, 0, 1)
         self._cached: list[int] = []  # tokens whose KV entries are in sequence 0
-        self._adapters: dict[str, tuple[C.llama_adapter_lora_p, float]] = {}
+        # name -> (handle, scale, identity: what a snapshot computed with it is keyed by)
+        self._adapters: dict[str, tuple[C.llama_adapter_lora_p, float, str]] = {}
         self._active_adapter: str | None = None  # the adapter _cached was computed with
         self.prompt_cache: PromptCache | None = None  # snapshots of recent prompts' KV
+        self._pending_snapshot = False  # the last generation may be snapshotted
         self._interrupt: Callable[[], bool] | None = None
         self._abort_cb = C.ggml_abort_callback(self._abort_requested)
 
@@ -204,14 +207,14 @@ class Engine:
             return ""
         return C.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
 
-    def load_adapter(self, name: str, path: str, scale: float) -> None:
+    def load_adapter(self, name: str, path: str, scale: float, sha256: str) -> None:
         """Load a GGUF LoRA adapter for requests that name it (ModelError if llama.cpp
         refuses it, e.g. tensors that do not match this model)."""
         handle = C.llama_adapter_lora_init(self._model, path.encode())
         if not handle:
             raise ModelError(f"adapter {name!r}: llama.cpp could not apply {path} to this "
                              "model (see the log for the tensor it refused)")
-        self._adapters[name] = (handle, scale)
+        self._adapters[name] = (handle, scale, f"{name}:{sha256}:{scale:g}")
 
     def _use_adapter(self, name: str | None) -> None:
         """Put ``name``'s adapter (or none) on the context; cached KV entries were computed
@@ -221,7 +224,7 @@ class Engine:
         if name is None:
             rc = C.llama_set_adapters_lora(self._ctx, None, 0, None)
         else:
-            handle, scale = self._adapters[name]
+            handle, scale, _ = self._adapters[name]
             rc = C.llama_set_adapters_lora(
                 self._ctx, (C.llama_adapter_lora_p_ctypes * 1)(handle), 1,
                 (ctypes.c_float * 1)(scale))
@@ -354,13 +357,17 @@ class Engine:
             del self._cached[n:]
         return n
 
-    def _restore_snapshot(self, prompt: list[int], cached: int, adapter: str | None) -> int:
+    def _adapter_identity(self) -> str | None:
+        name = self._active_adapter
+        return None if name is None else self._adapters[name][2]
+
+    def _restore_snapshot(self, prompt: list[int], cached: int) -> int:
         """Swap the live KV entries for a prompt-cache snapshot when it shares more of
         ``prompt`` (by ``RESTORE_MIN_GAIN`` tokens); the prefix now in the cache."""
         cache = self.prompt_cache
         if cache is None:
             return cached
-        snap, n = cache.best(prompt, adapter)
+        snap, n = cache.best(prompt, self._adapter_identity())
         if snap is None or n < cached + RESTORE_MIN_GAIN:
             cache.misses += 1
             return cached
@@ -370,6 +377,7 @@ class Engine:
         self._forget_cache()
         buf = (ctypes.c_uint8 * len(state)).from_buffer(state)
         if C.llama_state_seq_set_data(self._ctx, buf, len(state), 0) != len(state):
+            cache.drop(snap)  # made for another context (size, KV type): never again
             self._forget_cache()
             return 0
         self._cached = list(snap.tokens)
@@ -381,10 +389,12 @@ class Engine:
         cache.hits += 1
         return n
 
-    def _take_snapshot(self, tokens: list[int], adapter: str | None) -> None:
-        """Keep the KV state of ``tokens`` (what sequence 0 holds), if the cache wants it."""
-        cache = self.prompt_cache
-        if cache is None or len(tokens) < cache.min_tokens:
+    def take_pending_snapshot(self) -> None:
+        """Keep the KV state of the last generation (what sequence 0 holds) in the prompt
+        cache, if it wants it; the worker calls this after the answer went out."""
+        cache, due, self._pending_snapshot = self.prompt_cache, self._pending_snapshot, False
+        tokens, adapter = self._cached, self._adapter_identity()
+        if cache is None or not due or len(tokens) < cache.min_tokens:
             return
         snap, n = cache.best(tokens, adapter)
         if snap is not None and len(snap.tokens) == len(tokens) and n == len(tokens) - 1:
@@ -464,8 +474,9 @@ class Engine:
         if not prompt:
             raise EngineError("empty prompt")
         started = time.monotonic()
+        self._pending_snapshot = False
         self._use_adapter(params.adapter)
-        cached = self._restore_snapshot(prompt, self._reuse_prefix(prompt), params.adapter)
+        cached = self._restore_snapshot(prompt, self._reuse_prefix(prompt))
         self._interrupt = interrupted
         C.llama_set_abort_callback(self._ctx, self._abort_cb, None)
         try:
@@ -514,9 +525,9 @@ class Engine:
         finally:
             C.llama_sampler_free(sampler)
             result.generation_seconds = time.monotonic() - prompt_done
-        # After the answer (not before its first token): the KV now holds the prompt and
-        # the answer, which the next turn of this conversation starts with.
-        self._take_snapshot(self._cached, params.adapter)
+        # The KV now holds the prompt and the answer, which the next turn of this
+        # conversation starts with; the worker snapshots it once the answer is out.
+        self._pending_snapshot = params.snapshot
         return result
 
     def warm_up(self) -> None:

@@ -7,12 +7,16 @@ several, in memory (least recently used first out, within ``memory_bytes``) and,
 directory, on disk across restarts: entries leaving memory and those still in memory at
 shutdown are written there, one file each, atomically. Snapshots belong to one model:
 they live under ``<dir>/<model sha256>/``, and directories of other models are removed at
-start. A snapshot also names the LoRA adapter it was computed with.
+start; a file written for another KV layout (``context``: the KV type) is removed too. A
+snapshot also names the LoRA adapter it was computed with (name, sha256 and scale), and
+one llama.cpp refuses to restore is dropped.
+
+The worker thread alone changes the cache; ``memory_used`` and ``hits`` are plain
+integers, so ``/metrics`` may read them from the event loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -57,8 +61,11 @@ class PromptCache:
     """Snapshots of one model's prompts: in memory, and optionally in a directory."""
 
     def __init__(self, model_sha256: str, *, memory_bytes: int, min_tokens: int,
-                 directory: Path | None = None, disk_bytes: int = 0) -> None:
+                 directory: Path | None = None, disk_bytes: int = 0,
+                 context: str = "") -> None:
         self.model_sha256 = model_sha256
+        self.context = context
+        self.memory_used = 0
         self.memory_bytes = memory_bytes
         self.min_tokens = min_tokens
         self.disk_bytes = disk_bytes
@@ -99,11 +106,13 @@ class PromptCache:
             os.utime(snap.path)  # recently used: evicted last
         except (OSError, ValueError) as exc:
             log.warning("prompt cache: dropping unreadable %s: %s", snap.path, exc)
-            self._disk.pop(snap.key, None)
-            with contextlib.suppress(OSError):
-                snap.path.unlink()
+            self.drop(snap)
             return None
-        return state if got == snap.size else None
+        if got != snap.size:
+            log.warning("prompt cache: dropping truncated %s", snap.path)
+            self.drop(snap)
+            return None
+        return state
 
     # -- filling ------------------------------------------------------------------------
 
@@ -119,20 +128,29 @@ class PromptCache:
             if other.adapter == adapter and common_prefix(other.tokens, tokens) == len(
                     other.tokens):
                 del self._memory[other.key]
+                self.memory_used -= other.size
         while self._memory and self.memory_used + size > self.memory_bytes:
             _, evicted = self._memory.popitem(last=False)
+            self.memory_used -= evicted.size
             self._write(evicted)
 
     def add(self, tokens: list[int], adapter: str | None, state: bytearray) -> None:
         """Keep a new snapshot (call ``make_room`` first)."""
         self.make_room(tokens, adapter, len(state))
         snap = Snapshot(tuple(tokens), adapter, len(state), state=state)
+        if snap.key in self._memory:
+            self.memory_used -= self._memory[snap.key].size
         self._memory[snap.key] = snap
         self._memory.move_to_end(snap.key)
+        self.memory_used += snap.size
 
-    @property
-    def memory_used(self) -> int:
-        return sum(s.size for s in self._memory.values())
+    def drop(self, snap: Snapshot) -> None:
+        """Forget ``snap`` everywhere (llama.cpp refused it, or its file is damaged)."""
+        if self._memory.pop(snap.key, None) is not None:
+            self.memory_used -= snap.size
+        self._disk.pop(snap.key, None)
+        if snap.path is not None:
+            snap.path.unlink(missing_ok=True)
 
     def persist(self) -> int:
         """Write every snapshot still only in memory to the directory (at shutdown)."""
@@ -158,8 +176,9 @@ class PromptCache:
                     header = _read_header(fh)
                 snap = Snapshot(tuple(header["tokens"]), header["adapter"],
                                 int(header["state_bytes"]), path=path)
-                if header["model_sha256"] != self.model_sha256 or path.stem != snap.key:
-                    raise ValueError("written for another model or under another name")
+                if (header["model_sha256"] != self.model_sha256 or path.stem != snap.key
+                        or header.get("context") != self.context):
+                    raise ValueError("written for another model, KV layout or name")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("prompt cache: removing %s: %s", path, exc)
                 path.unlink(missing_ok=True)
@@ -174,7 +193,8 @@ class PromptCache:
             return False
         path = self.directory / f"{snap.key}.kv"
         tmp = path.with_suffix(".tmp")
-        header = json.dumps({"model_sha256": self.model_sha256, "adapter": snap.adapter,
+        header = json.dumps({"model_sha256": self.model_sha256, "context": self.context,
+                             "adapter": snap.adapter,
                              "state_bytes": snap.size, "tokens": list(snap.tokens)},
                             separators=(",", ":")).encode()
         try:

@@ -222,6 +222,8 @@ class Scheduler:
             took = self.last_progress - job.started_at
             self._avg_job_seconds = 0.8 * self._avg_job_seconds + 0.2 * took
         self._finish(job, event)
+        # after the answer went out: the prompt-cache snapshot of what the KV now holds
+        self._engine.take_pending_snapshot()
 
     def _work(self, job: Job) -> GenerationResult | list[list[float]]:
         if job.embed_inputs is not None:

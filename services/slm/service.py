@@ -93,7 +93,8 @@ class Doorman:
             )
             for adapter in self.adapters.adapters:
                 if adapter.usable:
-                    engine.load_adapter(adapter.name, str(adapter.path), adapter.config.scale)
+                    engine.load_adapter(adapter.name, str(adapter.path), adapter.config.scale,
+                                        adapter.config.sha256)
             engine.warm_up()
             engine.prompt_cache = self._prompt_cache()
         except SlmError as exc:
@@ -143,7 +144,8 @@ class Doorman:
         if self.prompt_cache_bytes <= 0:
             return None
         cache = PromptCache(
-            self.model_file.sha256, memory_bytes=self.prompt_cache_bytes,
+            self.model_file.sha256, context=f"kv {settings.kv_type}",
+            memory_bytes=self.prompt_cache_bytes,
             min_tokens=settings.prompt_cache_min_tokens,
             directory=Path(settings.prompt_cache_dir) if settings.prompt_cache_dir else None,
             disk_bytes=int(settings.prompt_cache_disk_mb * 1_000_000))
