@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -174,3 +175,23 @@ def test_ctrl_c_cancels_the_answer_not_the_chat(tmp_path):
         "ledger", "export", "--db", str(ledger), "--format", "jsonl").stdout.splitlines()]
     assert [r["status"] for r in rows if r["endpoint"] == "chat"] == [499, 200], rows
     assert rows[0]["error_code"] == "client_closed_request"
+
+
+def test_a_killed_chat_takes_its_private_doorman_along(tiny_model):
+    term = Terminal("--model-file", str(tiny_model))
+    term.expect(rb">>> ", timeout=120)
+    children = Path(f"/proc/{term.pid}/task/{term.pid}/children").read_text().split()
+    assert len(children) == 1
+    server = int(children[0])
+    os.kill(term.pid, signal.SIGKILL)
+    os.waitpid(term.pid, 0)
+    end = time.monotonic() + 30
+    while Path(f"/proc/{server}").exists() and time.monotonic() < end:
+        try:  # reap nothing (not our child); a zombie shows state Z
+            if Path(f"/proc/{server}/stat").read_text().split(") ")[1].startswith("Z"):
+                break
+        except OSError:
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{server}").exists() or Path(
+        f"/proc/{server}/stat").read_text().split(") ")[1].startswith("Z")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -182,6 +184,10 @@ def api_key(path: Path | None) -> str | None:
     return os.environ.get("SLM_API_KEY") or None
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def _doorman(url: str, model_file: Path | None, ledger: Path | None) -> Iterator[str]:
     if model_file is None:
@@ -193,9 +199,23 @@ def _doorman(url: str, model_file: Path | None, ledger: Path | None) -> Iterator
         yield base
 
 
+def _stdin_is_data(with_prompt: bool) -> bool:
+    """Whether stdin carries input: not a terminal; with ``-p``, only a pipe or a file (an
+    inherited stdin under cron or ssh must not make ``-p`` wait forever)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        return False
+    if not with_prompt:
+        return True
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
 def _question(prompt: str | None) -> str | None:
     """The one-shot question: ``-p`` and/or piped stdin (stdin follows ``-p``)."""
-    piped = None if sys.stdin.isatty() else sys.stdin.read()
+    piped = sys.stdin.read() if _stdin_is_data(prompt is not None) else None
     parts = [p for p in (prompt, piped) if p and p.strip()]
     if prompt is None and piped is None:
         return None
@@ -211,6 +231,8 @@ def run_chat(url: str, *, model: str | None, model_file: Path | None, ledger: Pa
     """``slm chat``: one-shot when a question is given or piped, else interactive."""
     question = _question(prompt)
     key = api_key(api_key_file)
+    for sig in (signal.SIGHUP, signal.SIGTERM):  # a closed terminal still stops the
+        signal.signal(sig, _exit_on_signal)      # private Doorman (the finally blocks run)
     with _doorman(url, model_file, ledger) as base, DoormanClient(base, key) as client:
         options = ChatOptions(model=model or client.first_model(), system=system,
                               max_tokens=max_tokens, temperature=temperature,

@@ -144,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
                          choices=["pdf", "docx", "xlsx", "markdown", "text"])
     extract.add_argument("--max-chars", type=_positive, required=True)
     extract.add_argument("--max-unpacked-bytes", type=_positive, required=True)
+    extract.add_argument("--memory-mb", type=_positive, required=True)
+    extract.add_argument("--cpu-s", type=_positive, required=True)
 
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
@@ -333,7 +335,8 @@ def _ingest(args: argparse.Namespace) -> int:
 def _extract_text(args: argparse.Namespace) -> int:
     from slm.documents.isolated import extract_text_main
 
-    return extract_text_main(args.kind, args.max_chars, args.max_unpacked_bytes)
+    return extract_text_main(args.kind, args.max_chars, args.max_unpacked_bytes,
+                             args.memory_mb, args.cpu_s)
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -49,6 +49,9 @@ class Metrics:
         self.generation_seconds = Counter(
             "slm_generation_seconds", "Time spent generating tokens", registry=r
         )
+        self.documents = Gauge(
+            "slm_documents", "Documents held for chat context (in memory)", registry=r,
+        )
         self.prompt_cache_restores = Gauge(
             "slm_prompt_cache_restores", "Prompts that started from a prompt-cache snapshot "
             "(since start)", registry=r,

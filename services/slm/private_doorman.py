@@ -7,6 +7,7 @@ goes through the whole service: sanitising, scheduling, the audit ledger.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -20,6 +21,15 @@ import httpx
 
 from slm.errors import ClientError
 from slm.self_exec import slm_command
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM when ``slm chat`` dies, however it dies (Linux
+    PR_SET_PDEATHSIG; ``slm chat`` is single-threaded, so preexec_fn is safe here)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _free_port() -> int:
@@ -46,7 +56,8 @@ def private_doorman(model: Path, ledger: Path | None = None, *,
         # SIGINT is the chat's (Ctrl-C cancels an answer): the child gets its own session.
         with log_path.open("wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_stop_with_parent)
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_ready(proc, base, log_path, ready_timeout_s)

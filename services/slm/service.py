@@ -70,6 +70,7 @@ class Doorman:
         self.router = Router(settings, self.model_id, self.metrics)
         self.documents = DocumentStore(settings.documents_ttl_s,
                                        settings.documents_max_stored_chars)
+        self.metrics.documents.set_function(lambda: len(self.documents))
         self.engine: Engine | None = None
         self.scheduler: Scheduler | None = None
         self.load_error: SlmError | None = None

@@ -264,7 +264,8 @@ class Settings:
         key="extract_timeout_s", check=_at_least(1),
     )
     documents_extract_memory_mb: int = _setting(
-        "documents", 512, "Address-space limit of the child process that reads a document.",
+        "documents", 384, "Address-space limit of the child process that reads a document "
+        "(one at a time; it is also the first the OOM killer takes).",
         key="extract_memory_mb", check=_at_least(64),
     )
     # [signing]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -422,7 +423,7 @@ class DoormanAPI:
 
     async def chat_completions(self, request: Request) -> Response:
         body = await _read_body(request, self.d.settings.max_body_bytes)
-        body, cites = self.documents.expand(body)
+        body, cites = self.documents.expand(request, body)
         return cite(await self._chat(request, body), cites)
 
     async def _chat(self, request: Request, body: bytes) -> Response:
@@ -445,6 +446,8 @@ class DoormanAPI:
                 req.max_tokens)
             max_tokens = self._context_check(engine, prompt, wanted)
             params = self._sampling(engine, req, max_tokens, grammar)
+            if getattr(request.state, "documents", False):
+                params = dataclasses.replace(params, snapshot=False)
             return await self._run(request, req, prompt, params, chat=True)
 
         return await self._route(request, targets, tier_a, redacted, vault,

@@ -35,6 +35,7 @@ class DocumentRoutes:
         self.d = doorman
         self._read_body = read_body
         self._note_prompt = note_prompt
+        self._reading = asyncio.Semaphore(1)
 
     def _enabled(self) -> None:
         if not self.d.settings.documents_enabled:
@@ -89,21 +90,31 @@ class DocumentRoutes:
         name, content_type, data = await self._upload(request)
         engine, _ = self.d.require_engine()  # its tokenizer sizes the chunks
         kind = detect_kind(name, content_type, data)
-        sections = await extract_isolated(
-            kind, data, max_chars=settings.documents_max_chars,
-            max_unpacked_bytes=20 * settings.documents_max_bytes,
-            timeout_s=settings.documents_extract_timeout_s,
-            memory_mb=settings.documents_extract_memory_mb)
+        timeout = settings.documents_extract_timeout_s
+        try:  # one parser at a time: each may take documents.extract_memory_mb
+            await asyncio.wait_for(self._reading.acquire(), timeout)
+        except TimeoutError:
+            raise rejected("another document is being read; try again shortly",
+                           "document_reader_busy", 429) from None
+        try:
+            sections = await extract_isolated(
+                kind, data, max_chars=settings.documents_max_chars,
+                max_unpacked_bytes=20 * settings.documents_max_bytes, timeout_s=timeout,
+                memory_mb=settings.documents_extract_memory_mb)
+        finally:
+            self._reading.release()
 
         vault = Vault(self.d.detector)  # one for the document: one placeholder per value
 
         def prepare() -> tuple[Document, str]:
-            clean = [type(s)(s.where, vault.redact(s.text)) for s in sections]
+            clean = [type(s)(vault.redact(s.where), vault.redact(s.text)) for s in sections]
             chunks = make_chunks(clean, lambda t: engine.tokenize(t, add_special=False),
                                  settings.documents_chunk_tokens)
-            doc = Document(id=self.d.documents.new_id(), filename=name, kind=kind,
-                           size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                           chunks=chunks, entities=dict(vault.counts))
+            doc = Document(id=self.d.documents.new_id(), filename=vault.redact(name),
+                           kind=kind, size_bytes=len(data),
+                           sha256=hashlib.sha256(data).hexdigest(), chunks=chunks,
+                           entities=dict(vault.counts),
+                           owner=request.state.audit.get("api_key_id"))
             return doc, "\n\n".join(s.text for s in clean)
 
         doc, text = await asyncio.to_thread(prepare)
@@ -117,23 +128,29 @@ class DocumentRoutes:
 
     async def get(self, request: Request) -> Response:
         self._enabled()
-        return JSONResponse(self.d.documents.get(request.path_params["doc_id"]).card())
+        return JSONResponse(self.d.documents.get(request.path_params["doc_id"],
+                                                 _owner(request)).card())
 
     async def list(self, request: Request) -> Response:
         self._enabled()
         return JSONResponse({"object": "list",
-                             "data": [d.card() for d in self.d.documents.all()]})
+                             "data": [d.card() for d in self.d.documents.all(_owner(request))]})
 
     async def delete(self, request: Request) -> Response:
         self._enabled()
         doc_id = request.path_params["doc_id"]
-        self.d.documents.delete(doc_id)
+        self.d.documents.delete(doc_id, _owner(request))
         return JSONResponse({"id": doc_id, "object": "document", "deleted": True})
 
-    def expand(self, body: bytes) -> tuple[bytes, list[Citation]]:
+    def expand(self, request: Request, body: bytes) -> tuple[bytes, list[Citation]]:
         """A chat body naming ``documents``: the same body with their best excerpts as a
         system message (and without ``documents``), and what the excerpts' numbers cite.
-        Bodies without ``documents`` come back unchanged."""
+        Bodies without ``documents`` come back unchanged.
+
+        With the local model loaded, the excerpts fill what its context leaves beside the
+        messages and the answer; otherwise (the request may still go to tier B)
+        ``documents.context_tokens``. Such requests never enter the prompt cache: the
+        documents' text must not outlive their time-to-live."""
         try:
             raw = json.loads(body)
         except ValueError:
@@ -145,30 +162,41 @@ class DocumentRoutes:
         if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
             raise InvalidRequest("documents must be a non-empty list of document ids",
                                  param="documents")
-        docs = [self.d.documents.get(i) for i in dict.fromkeys(ids)]
+        docs = [self.d.documents.get(i, _owner(request)) for i in dict.fromkeys(ids)]
         messages = raw.get("messages")
         if not isinstance(messages, list) or not messages:
             return json.dumps(raw).encode(), []  # the schema decoder names the problem
-        engine, _ = self.d.require_engine()
+        request.state.documents = True
         question = next((m.get("content") for m in reversed(messages)
                          if isinstance(m, dict) and m.get("role") == "user"), "")
-        wanted = raw.get("max_completion_tokens") or raw.get("max_tokens")
-        used = len(engine.chat_prompt(_text_messages(messages)))
-        room = engine.n_ctx - used - (wanted if isinstance(wanted, int)
-                                      else ANSWER_RESERVE_TOKENS) - 64
-        budget = min(self.d.settings.documents_context_tokens, room)
+        budget = self.d.settings.documents_context_tokens
+        engine = self.d.engine if self.d.ready.is_set() else None
+        count: Callable[[str], int] = lambda text: len(text) // 3 + 1  # noqa: E731
+        if engine is not None:
+            wanted = raw.get("max_completion_tokens") or raw.get("max_tokens")
+            used = len(engine.chat_prompt(_text_messages(messages)))
+            room = engine.n_ctx - used - (wanted if isinstance(wanted, int)
+                                          else ANSWER_RESERVE_TOKENS) - 64
+            budget = min(budget, room)
+            count = lambda text: len(engine.tokenize(text, add_special=False))  # noqa: E731
         context, cites = select_context(docs, question if isinstance(question, str) else "",
-                                        budget)
+                                        budget, count)
         if not cites:
             raise ContextLengthExceeded(
-                f"no room for document excerpts: the messages take {used} of the "
-                f"{engine.n_ctx}-token context", param="documents")
+                f"no room for document excerpts in the {budget}-token share of the context "
+                "left beside the messages and the answer", param="documents")
         first = messages[0] if isinstance(messages[0], dict) else {}
         if first.get("role") == "system" and isinstance(first.get("content"), str):
             messages[0] = {**first, "content": f"{first['content']}\n\n{context}"}
         else:
             messages.insert(0, {"role": "system", "content": context})
         return json.dumps(raw).encode(), cites
+
+
+def _owner(request: Request) -> str | None:
+    """Whose documents a request may see: its API key's id (None without keys)."""
+    owner: str | None = request.state.audit.get("api_key_id")
+    return owner
 
 
 def _clean_name(name: str) -> str:
@@ -197,6 +225,7 @@ def cite(response: Response, cites: list[Citation]) -> Response:
         return response
     response.headers["X-Slm-Citations"] = json.dumps([c.as_dict() for c in cites],
                                                      ensure_ascii=True, separators=(",", ":"))
+    # at most MAX_EXCERPTS citations whose labels are capped: a few kB at most
     if isinstance(response, JSONResponse):
         obj = json.loads(response.body)
         obj["citations"] = [c.as_dict() for c in cites]

@@ -84,8 +84,8 @@ def extract(kind: str, data: bytes, *, max_chars: int,
         _check_zip(data, max_unpacked_bytes)
     parts = {"pdf": _pdf, "docx": _docx, "xlsx": _xlsx, "markdown": _markdown,
              "text": _markdown}[kind](data)
-    sections = [Section(where, budget.take(text.strip())) for where, text in parts
-                if text.strip()]
+    sections = [Section(" ".join(where.split())[:80], budget.take(text.strip()))
+                for where, text in parts if text.strip()]
     if not sections:
         raise rejected("the document has no extractable text (a scanned PDF needs OCR, "
                        "which is not done here)", "document_empty")

@@ -27,12 +27,18 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of a document that fits ``chunk_tokens``."""
+    """One piece of a document that fits ``chunk_tokens``, with its words counted once
+    (for ranking, without re-reading the text on every chat request)."""
 
     index: int
     where: str
     text: str
     tokens: int
+    words: Counter[str] = field(default_factory=Counter, compare=False, repr=False)
+
+
+def _chunk(index: int, where: str, text: str, tokens: int) -> Chunk:
+    return Chunk(index, where, text, tokens, Counter(w.lower() for w in _WORD.findall(text)))
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Document:
     sha256: str
     chunks: list[Chunk]
     entities: dict[str, int]
+    owner: str | None = None  # the API key id that uploaded it (None without keys)
     created_at: int = field(default_factory=lambda: int(time.time()))
     expires_at: float = 0.0  # time.monotonic() deadline
     ttl_s: float = 0.0
@@ -79,12 +86,12 @@ def make_chunks(sections: Iterable[Section], tokenize: Callable[[str], list[int]
         text, tokens = "", 0
         for piece, n in pieces:
             if text and tokens + n > chunk_tokens:
-                chunks.append(Chunk(len(chunks), section.where, text, tokens))
+                chunks.append(_chunk(len(chunks), section.where, text, tokens))
                 text, tokens = "", 0
             text = f"{text}\n\n{piece}" if text else piece
             tokens += n
         if text:
-            chunks.append(Chunk(len(chunks), section.where, text, tokens))
+            chunks.append(_chunk(len(chunks), section.where, text, tokens))
     return chunks
 
 
@@ -145,21 +152,26 @@ class DocumentStore:
         self._docs[doc.id] = doc
         return doc
 
-    def get(self, doc_id: str) -> Document:
+    def get(self, doc_id: str, owner: str | None = None) -> Document:
+        """The document, if it exists and ``owner`` uploaded it (404 otherwise: another
+        key's document does not exist for this one)."""
         self.purge()
         doc = self._docs.get(doc_id)
-        if doc is None:
+        if doc is None or doc.owner != owner:
             raise NotFound(f"no document {doc_id!r} (unknown, deleted or past its "
                            "time-to-live)", param="documents", code="document_not_found")
         return doc
 
-    def delete(self, doc_id: str) -> None:
-        self.get(doc_id)
+    def delete(self, doc_id: str, owner: str | None = None) -> None:
+        self.get(doc_id, owner)
         del self._docs[doc_id]
 
-    def all(self) -> list[Document]:
+    def all(self, owner: str | None = None) -> list[Document]:
         self.purge()
-        return list(self._docs.values())
+        return [doc for doc in self._docs.values() if doc.owner == owner]
+
+    def __len__(self) -> int:
+        return len(self._docs)
 
 
 @dataclass(frozen=True)
@@ -182,35 +194,45 @@ CONTEXT_PREAMBLE = (
     "square brackets, like [1]. If the excerpts do not contain the answer, say so.")
 
 
-def select_context(docs: list[Document], question: str,
-                   budget_tokens: int) -> tuple[str, list[Citation]]:
+MAX_EXCERPTS = 24  # a question gets at most this many excerpts (and citations)
+
+
+def select_context(docs: list[Document], question: str, budget_tokens: int,
+                   count_tokens: Callable[[str], int]) -> tuple[str, list[Citation]]:
     """The context text for ``question`` from ``docs`` and what its numbers cite.
 
     Chunks are ranked by the question's words they contain (weighted by how rare each
-    word is among the chunks), taken while they fit ``budget_tokens``, then put back in
-    document order. With no overlap at all, the documents' beginnings are taken.
+    word is among the chunks), taken while they and their label lines fit
+    ``budget_tokens`` (labels counted with ``count_tokens``), at most ``MAX_EXCERPTS``,
+    then put back in document order. With no overlap at all, the beginnings are taken.
     """
     candidates = [(d, c) for d in docs for c in d.chunks]
-    words = [Counter(w.lower() for w in _WORD.findall(c.text)) for _, c in candidates]
     asked = {w.lower() for w in _WORD.findall(question)}
-    seen_in = Counter(w for counts in words for w in asked if w in counts)
+    seen_in = Counter(w for _, c in candidates for w in asked if w in c.words)
     total = len(candidates)
 
     def score(i: int) -> float:
-        return sum(math.log(1 + total / seen_in[w]) * (1 + math.log(words[i][w]))
-                   for w in asked if words[i].get(w))
+        words = candidates[i][1].words
+        return sum(math.log(1 + total / seen_in[w]) * (1 + math.log(words[w]))
+                   for w in asked if words.get(w))
 
-    order = sorted(range(total), key=lambda i: (-score(i), i))
-    chosen, used = [], 0
-    for i in order:
-        tokens = candidates[i][1].tokens + 16  # its label line
+    def label(doc: Document, chunk: Chunk, ref: int) -> str:
+        return f"[{ref}] {doc.filename}, {chunk.where}:"
+
+    used = count_tokens(CONTEXT_PREAMBLE)
+    chosen: list[int] = []
+    for i in sorted(range(total), key=lambda i: (-score(i), i)):
+        doc, chunk = candidates[i]
+        tokens = chunk.tokens + count_tokens(label(doc, chunk, len(chosen) + 1)) + 2
         if used + tokens <= budget_tokens:
             chosen.append(i)
             used += tokens
+            if len(chosen) == MAX_EXCERPTS:
+                break
     chosen.sort()
     parts, cites = [CONTEXT_PREAMBLE], []
     for ref, i in enumerate(chosen, start=1):
         doc, chunk = candidates[i]
-        parts.append(f"[{ref}] {doc.filename}, {chunk.where}:\n{chunk.text}")
+        parts.append(f"{label(doc, chunk, ref)}\n{chunk.text}")
         cites.append(Citation(ref, doc.id, doc.filename, chunk.index, chunk.where))
     return "\n\n".join(parts), cites
