@@ -121,6 +121,7 @@ class Engine:
         self._model = model
         self._vocab = C.llama_model_get_vocab(model)
         self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
+        self._n_swa = C.llama_model_n_swa(model)  # 0 without sliding-window attention
         self.n_batch = max(1, min(n_batch, n_ctx))
         self._kv_type = kv_type
         self._ctx = self._new_context(n_ctx, n_threads, embeddings=False)
@@ -350,11 +351,21 @@ class Engine:
         limit = min(len(self._cached), len(prompt) - 1)  # the last token must be decoded
         while n < limit and self._cached[n] == prompt[n]:
             n += 1
+        return self._trim_to(n)
+
+    def _trim_to(self, n: int) -> int:
+        """Cut sequence 0 back to its first ``n`` tokens; 0 (and an empty cache) when that
+        is not possible: a recurrent state cannot be cut, and a sliding-window cache that
+        already dropped positions the next token must see (as llama-server checks)."""
         if n < len(self._cached):
             if not C.llama_memory_seq_rm(self._mem, 0, n, -1):
                 self._forget_cache()
                 return 0
             del self._cached[n:]
+        if n and self._n_swa and C.llama_memory_seq_pos_min(self._mem, 0) > max(
+                0, n - self._n_swa):
+            self._forget_cache()
+            return 0
         return n
 
     def _adapter_identity(self) -> str | None:
@@ -381,11 +392,8 @@ class Engine:
             self._forget_cache()
             return 0
         self._cached = list(snap.tokens)
-        if n < len(self._cached):
-            if not C.llama_memory_seq_rm(self._mem, 0, n, -1):
-                self._forget_cache()
-                return 0
-            del self._cached[n:]
+        if self._trim_to(n) != n:
+            return 0
         cache.hits += 1
         return n
 
