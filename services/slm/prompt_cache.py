@@ -31,6 +31,9 @@ from typing import Any, BinaryIO
 
 log = logging.getLogger("slm.prompt_cache")
 MAGIC = b"SLMKV1\n"
+# A new snapshot replaces those it shares this much of: without it, each turn of one
+# conversation would keep a near-copy and push the other conversations out.
+SUPERSEDE_SHARE = 0.9
 _SHA256_DIR = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -121,12 +124,13 @@ class PromptCache:
         return n_tokens >= self.min_tokens and 0 < size <= self.memory_bytes
 
     def make_room(self, tokens: list[int], adapter: str | None, size: int) -> None:
-        """Before a snapshot of ``size`` bytes is taken: drop the snapshots it will extend
-        (same adapter, a prefix of ``tokens``), then move the least recently used to disk
+        """Before a snapshot of ``size`` bytes is taken: drop the snapshots it supersedes
+        (same adapter, sharing at least ``SUPERSEDE_SHARE`` of their tokens with it: an
+        earlier turn of the same conversation), then move the least recently used to disk
         until it fits, so memory never holds more than ``memory_bytes``."""
         for other in list(self._memory.values()):
-            if other.adapter == adapter and common_prefix(other.tokens, tokens) == len(
-                    other.tokens):
+            if other.adapter == adapter and common_prefix(
+                    other.tokens, tokens) >= SUPERSEDE_SHARE * len(other.tokens):
                 del self._memory[other.key]
                 self.memory_used -= other.size
         while self._memory and self.memory_used + size > self.memory_bytes:
