@@ -86,10 +86,12 @@ def test_the_model_sees_the_sanitised_excerpts(start_server, tiny_model):
     content_type, make = SAMPLES["plan.md"]
     doc = upload(server.base, "plan.md", make(), content_type).json()
     assert ask(server.base, [doc["id"]], "Who is the contact?").status_code == 200
+    assert httpx.delete(f"{server.base}/v1/documents/{doc['id']}").status_code == 200
     server.stop()
     rows = [json.loads(line) for line in run_slm(
         "ledger", "export", "--db", str(server.ledger), "--format", "jsonl").stdout.splitlines()]
     ingest, chat = [r for r in rows if r["endpoint"] in ("documents", "chat")]
+    assert [r["status"] for r in rows if r["endpoint"] == "documents_delete"] == [200]
     assert ingest["status"] == 201 and "EMAIL" in ingest["entities"]
     assert EMAIL not in ingest["prompt_text"] and "[EMAIL_" in ingest["prompt_text"]
     prompt = chat["prompt_text"]

@@ -64,7 +64,7 @@ log = logging.getLogger("slm.api")
 Handler = Callable[[Request], Awaitable[Response]]
 
 # Endpoints whose every request leaves a record in the audit ledger.
-AUDITED = frozenset({"chat", "completions", "embeddings", "documents"})
+AUDITED = frozenset({"chat", "completions", "embeddings", "documents", "documents_delete"})
 # Tier A failures that mean "not now" rather than "not this request": tier B may take over.
 TIER_A_BUSY = (QueueFull, NotReady, MemoryBudgetExceeded)
 # Bodies above this size are sanitised on a worker thread, off the event loop.
