@@ -102,9 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser(
         "chat", help="chat with a Doorman in the terminal, or answer one question (-p)")
-    chat.add_argument("--url", default=os.environ.get("SLM_URL", "http://127.0.0.1:8080"),
-                      help="the Doorman's base URL (default: $SLM_URL or "
-                      "http://127.0.0.1:8080)")
+    _add_client_flags(chat)
     chat.add_argument("--model-file", type=Path, default=None,
                       help="start a private Doorman on this GGUF file instead (default "
                       "settings, no config file) and chat with it")
@@ -112,8 +110,6 @@ def _parser() -> argparse.ArgumentParser:
                       help="with --model-file: keep its audit ledger here (default: a "
                       "temporary file, removed at the end)")
     chat.add_argument("--model", help="model id to ask (default: the first one listed)")
-    chat.add_argument("--api-key-file", type=Path, default=None,
-                      help="file whose first line is the API key (default: $SLM_API_KEY)")
     chat.add_argument("-s", "--system", help="system prompt")
     chat.add_argument("-p", "--prompt",
                       help="ask this one question and exit (piped stdin is appended)")
@@ -129,11 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         "ingest", help="send a PDF, DOCX, XLSX or Markdown file to a Doorman for chat "
         "context; prints its document id")
     ingest.add_argument("file", type=Path)
-    ingest.add_argument("--url", default=os.environ.get("SLM_URL", "http://127.0.0.1:8080"),
-                        help="the Doorman's base URL (default: $SLM_URL or "
-                        "http://127.0.0.1:8080)")
-    ingest.add_argument("--api-key-file", type=Path, default=None,
-                        help="file whose first line is the API key (default: $SLM_API_KEY)")
+    _add_client_flags(ingest)
     ingest.add_argument("--json", action="store_true",
                         help="print the document's whole description as JSON")
 
@@ -152,6 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--config", type=Path, default=None, help="TOML config file")
     add_flags(config)
     return parser
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """How ``slm chat`` and ``slm ingest`` reach a Doorman: its URL and API key."""
+    parser.add_argument("--url", default=os.environ.get("SLM_URL", "http://127.0.0.1:8080"),
+                        help="the Doorman's base URL (default: $SLM_URL or "
+                        "http://127.0.0.1:8080)")
+    parser.add_argument("--api-key-file", type=Path, default=None,
+                        help="file whose first line is the API key (default: $SLM_API_KEY)")
 
 
 def _serve(args: argparse.Namespace) -> int:

