@@ -25,14 +25,16 @@ lint: setup
     {{bin}}/ruff check services policy tests image build
 
 # speed and memory figures: the default model against llama.cpp's llama-bench, the ledger,
-# the sanitiser (precision/recall on the labelled corpus, MB/s), the binary, and the prompt
-# cache (time to first token with and without it)
+# the sanitiser (precision/recall on the labelled corpus, MB/s), the binary, the prompt
+# cache (time to first token with and without it), and each built image (sizes against the
+# policy; boot to /ready, a chat and the service's memory.peak in qemu under TCG)
 bench: setup
     {{bin}}/python tests/bench/bench.py
     {{bin}}/python tests/bench/bench_ledger.py
     {{bin}}/python tests/bench/bench_sanitise.py
     {{bin}}/python tests/bench/bench_binary.py
     {{bin}}/python tests/bench/bench_prompt_cache.py
+    {{bin}}/python tests/bench/bench_image.py
 
 # compile the one-file binary with Nuitka: build/out/bin/slm (+ .manifest.json), litestream
 # and the default model beside it

@@ -51,7 +51,7 @@ fi
 build/ensure-binfmt.sh "$MACHINE"
 build/ship-env.sh
 want="$(cat "$ROOT/build/out/ship-venv/.stamp" build/binary-emulated.sh build/nuitka-compile.sh \
-  build/nuitka_bytecode_plugin.py build/slm_main.py | sha256sum | cut -d' ' -f1)"
+  build/nuitka_bytecode_plugin.py build/nuitka-package-config.yml build/slm_main.py | sha256sum | cut -d' ' -f1)"
 if [ -x "$OUT/bin/slm" ] && [ "$(cat "$OUT/bin/.stamp" 2>/dev/null)" = "$want" ]; then
   say "$OUT/bin/slm is up to date"
   exit 0
@@ -73,7 +73,7 @@ if [ -z "$wheel" ]; then
     "$HOST_PY" -m pip --disable-pip-version-check -q download --no-deps --no-binary :all: \
       "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$CACHE/sdist"
   fi
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DCMAKE_TOOLCHAIN_FILE=$ROOT/build/toolchain-$ARCH.cmake" \
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DCMAKE_TOOLCHAIN_FILE=$ROOT/build/toolchain-$ARCH.cmake" \
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     "$HOST_PY" -m pip --disable-pip-version-check -q wheel --no-deps \
     --no-binary llama-cpp-python "$sdist" \
@@ -183,7 +183,7 @@ chroot "$CHROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \
   pipi /opt/ship/bin/pip install --no-deps --find-links /tmp/built --target /opt/nuitka-tools \
     /tmp/built/[Nn]uitka-*.whl zstandard
   /src/build/nuitka-compile.sh /opt/ship/bin/python /opt/nuitka-tools /out "$BUILD_NUMBER" \
-    --lto=no --user-plugin=/src/build/nuitka_bytecode_plugin.py --onefile-no-compression
+    --lto=no --onefile-no-compression
 '
 cleanup; trap - EXIT
 rm -rf "$OUT/bin" "$OUT/share"

@@ -24,7 +24,8 @@ fi
 build/ship-env.sh
 SHIP_PY="$OUT/ship-venv/bin/python"
 # up to date: same shipped set, same build script, binary still there
-want="$(cat "$OUT/ship-venv/.stamp" build/binary.sh build/nuitka-compile.sh build/slm_main.py | sha256sum | cut -d' ' -f1)"
+want="$(cat "$OUT/ship-venv/.stamp" build/binary.sh build/nuitka-compile.sh build/slm_main.py \
+  build/nuitka_bytecode_plugin.py build/nuitka-package-config.yml | sha256sum | cut -d' ' -f1)"
 if [ -x "$OUT/bin/slm" ] && [ -x "$OUT/bin/litestream" ] && [ -f "$OUT/bin/slm.manifest.json" ] \
    && ls "$OUT"/share/slm/*.gguf >/dev/null 2>&1 \
    && [ "$(cat "$OUT/bin/.stamp" 2>/dev/null)" = "$want" ]; then

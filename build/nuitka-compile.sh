@@ -17,6 +17,12 @@ FLAGS=(
   --include-package=uvicorn                          # protocol modules imported by name
   --include-package=phonenumbers                     # region metadata imported by name
   --nofollow-import-to=slm_policy
+  # llama_cpp's high-level layer (numpy) is cut out by our package configuration; openpyxl
+  # and pypdf only try numpy for optional features
+  --user-package-configuration-file="$SRC/build/nuitka-package-config.yml"
+  --nofollow-import-to=numpy
+  # sigstore's closure and the document readers as bytecode, not C (compile time)
+  --user-plugin="$SRC/build/nuitka_bytecode_plugin.py"
   # build tools on PYTHONPATH: httpx would pull zstandard in (optional, not shipped)
   --nofollow-import-to=zstandard --nofollow-import-to=nuitka
   --product-name=service-slm

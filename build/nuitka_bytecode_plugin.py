@@ -1,12 +1,14 @@
 """Nuitka user plugin: include the larger pure-Python dependencies as bytecode instead of
 compiling them to C.
 
-Used for binaries built inside an emulated chroot (build/binary-emulated.sh), where each
-C file costs ~10x its native compile time. Bytecode modules run in the embedded
-interpreter at CPython's own speed. Only packages that Nuitka's package configuration has
-no entries for (no anti-bloat or load triggers; those crash in bytecode mode) are listed;
-phonenumbers alone brings ~300 region-metadata modules. Release builds on a native machine
-compile everything.
+Used for every binary (build/nuitka-compile.sh, both architectures): these packages are off
+the request path's hot loop or run once at start (the signature check, the document
+readers' child), so C buys them nothing measurable while costing most of the compile time
+(the amd64 build took 751 s before sigstore's closure came in, 1569 s after, 1713 s with the
+document readers; under arm64 emulation each C file costs ~10x more). Bytecode modules run
+in the embedded interpreter at CPython's own speed. Only packages whose Nuitka package
+configuration has no load triggers are listed (returning "bytecode" for numpy, uvicorn or
+anyio crashes Nuitka 4.3); phonenumbers alone brings ~300 region-metadata modules.
 """
 
 from nuitka.plugins.PluginBase import NuitkaPluginBase
@@ -19,7 +21,12 @@ BYTECODE = frozenset({"phonenumbers", "starlette", "httpcore", "h11", "prometheu
                       "sigstore", "sigstore_models", "rekor_types", "tuf", "securesystemslib",
                       "cryptography", "rfc3161_client", "rfc8785", "jwt", "id",
                       "platformdirs", "annotated_types", "typing_inspection", "pydantic_core",
-                      "email_validator"})
+                      "email_validator",
+                      # entries with implicit imports or data files only, no triggers
+                      "pydantic", "requests", "urllib3", "certifi",
+                      # the document readers (run only in the `slm extract-text` child)
+                      "pypdf", "docx", "openpyxl", "et_xmlfile", "python_multipart",
+                      "multipart"})
 
 
 class NuitkaPluginSlmBytecode(NuitkaPluginBase):

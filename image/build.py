@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -133,7 +134,7 @@ def _hardlink_duplicates(tree: Path) -> int:
     return saved
 
 
-def _mmdebstrap(recipe: dict, arch: str, rootfs: Path, epoch: int) -> None:
+def _mmdebstrap_command(recipe: dict, arch: str, rootfs: Path) -> list[str]:
     packages = [*recipe["packages"], recipe["kernel"][arch]]
     cmd = ["mmdebstrap", f"--arch={arch}", "--variant=apt", "--format=directory",
            f"--include={','.join(packages)}"]
@@ -150,7 +151,40 @@ def _mmdebstrap(recipe: dict, arch: str, rootfs: Path, epoch: int) -> None:
     cmd += [recipe["suite"], str(rootfs)]
     if recipe.get("mirror"):
         cmd.append(recipe["mirror"])
-    _run(cmd, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+    return cmd
+
+
+def base_rootfs(recipe: dict, arch: str, out_dir: Path, epoch: int) -> Path:
+    """The Debian root file system of the recipe (mmdebstrap), before the payload and the
+    customisation: ``out_dir/rootfs-base``, built once per mmdebstrap command, initramfs
+    files and ``SOURCE_DATE_EPOCH`` and reused while those stay the same. Under arm64
+    emulation it is most of an image build, so CI prepares it while other steps run
+    (``image/build.py ARCH --prepare``). Callers copy it; it is never changed in place."""
+    base = out_dir / "rootfs-base"
+    key_file = out_dir / "rootfs-base.key"
+    hasher = hashlib.sha256()
+    hasher.update(json.dumps([_mmdebstrap_command(recipe, arch, Path("ROOTFS")), epoch])
+                  .encode())
+    for path in sorted((IMAGE_SRC / "initramfs").iterdir()):
+        hasher.update(path.name.encode() + b"\0" + path.read_bytes())
+    key = hasher.hexdigest()
+    if base.is_dir() and key_file.is_file() and key_file.read_text().strip() == key:
+        print(f"image: {base} is up to date", file=sys.stderr)
+        return base
+    _ensure_tools(arch)
+    key_file.unlink(missing_ok=True)
+    shutil.rmtree(base, ignore_errors=True)
+    partial = out_dir / "rootfs-base.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    _run(_mmdebstrap_command(recipe, arch, partial),
+         env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
+    partial.rename(base)
+    key_file.write_text(key + "\n")
+    print(f"image: {arch} root file system made in {time.monotonic() - began:.0f} s",
+          file=sys.stderr)
+    return base
 
 
 def _install_payload(rootfs: Path, payload: Path, model: Path, binary_manifest: dict) -> dict:
@@ -277,6 +311,13 @@ def _disk(arch: str, root_img: Path, state_img: Path, out: Path) -> dict:
             "root_mib": root_mib, "state_mib": state_mib}
 
 
+def source_date_epoch() -> int:
+    """``SOURCE_DATE_EPOCH``, else the last commit's time: every timestamp of the image."""
+    return int(os.environ.get("SOURCE_DATE_EPOCH") or subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%ct"], capture_output=True,
+        text=True).stdout.strip() or 0)
+
+
 def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) -> dict:
     """Build the image for ``arch`` into ``out_dir``; returns the manifest."""
     if os.geteuid() != 0:
@@ -299,9 +340,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
         raise ImageBuildError(str(exc)) from None
     _ensure_tools(arch)
     began = time.monotonic()
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or subprocess.run(
-        ["git", "-C", str(ROOT), "log", "-1", "--format=%ct"], capture_output=True,
-        text=True).stdout.strip() or 0)
+    epoch = source_date_epoch()
     out_dir.mkdir(parents=True, exist_ok=True)
     # the manifest is written last: without it, the directory is not a finished image
     (out_dir / "manifest.json").unlink(missing_ok=True)
@@ -317,7 +356,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
     work.mkdir()
     rootfs = work / "rootfs"
     payload = work / "payload/slm"
-    _mmdebstrap(recipe, arch, rootfs, epoch)
+    _run(["cp", "-a", str(base_rootfs(recipe, arch, out_dir, epoch)), str(rootfs)])
     unpack_binary(binary, payload, rootfs)
     if (binary.parent / "litestream").is_file():
         shutil.copy2(binary.parent / "litestream", payload.parent / "litestream")
@@ -382,8 +421,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="root's SSH keys (default: a development key made beside "
                         "the image)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--prepare", action="store_true",
+                        help="only make (or reuse) the Debian root file system, which needs "
+                        "no binary and no signing; a later build takes it as it is")
     args = parser.parse_args(argv)
     try:
+        if args.prepare:
+            if os.geteuid() != 0:
+                raise ImageBuildError("the image build needs root (mmdebstrap): run it with "
+                                      "sudo")
+            base_rootfs(load_recipe(), args.arch,
+                        args.out or ROOT / "build/out/image" / args.arch, source_date_epoch())
+            return 0
         binary = args.binary or (ROOT / "build/out/bin/slm" if args.arch == _host_arch()
                                  else ROOT / f"build/out/{args.arch}/bin/slm")
         out = args.out or ROOT / "build/out/image" / args.arch
