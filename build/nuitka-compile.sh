@@ -16,6 +16,7 @@ FLAGS=(
   --include-package=slm
   --include-package=uvicorn                          # protocol modules imported by name
   --include-package=phonenumbers                     # region metadata imported by name
+  --include-package=jinja2                           # jinja2.ext imported by name (bytecode)
   --nofollow-import-to=slm_policy
   # llama_cpp's high-level layer (numpy) is cut out by our package configuration; openpyxl
   # and pypdf only try numpy for optional features
