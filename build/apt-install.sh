@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the named apt packages (callers pass only the missing ones), through sudo when not
 # root. Used by build/bootstrap.sh, the binary and image builds. Calls are serialised (a
-# lock file): CI runs the arm64 preparation beside the amd64 steps, and apt takes one at a time.
+# lock file), so builds may run side by side: apt takes one at a time.
 set -euo pipefail
 (($#)) || exit 0
 echo "installing system packages: $*" >&2

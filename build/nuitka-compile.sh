@@ -27,7 +27,7 @@ FLAGS=(
   # (~325 modules) once it is followed
   --nofollow-import-to=sigstore._cli --nofollow-import-to=httpx._main
   --nofollow-import-to=pygments
-  # sigstore's closure and the document readers as bytecode, not C (compile time)
+  # every third-party package as bytecode, slm as C (compile time and size)
   --user-plugin="$SRC/build/nuitka_bytecode_plugin.py"
   # build tools on PYTHONPATH: httpx would pull zstandard in (optional, not shipped)
   --nofollow-import-to=zstandard --nofollow-import-to=nuitka

@@ -158,8 +158,9 @@ def base_rootfs(recipe: dict, arch: str, out_dir: Path, epoch: int) -> Path:
     """The Debian root file system of the recipe (mmdebstrap), before the payload and the
     customisation: ``out_dir/rootfs-base``, built once per mmdebstrap command, initramfs
     files and ``SOURCE_DATE_EPOCH`` and reused while those stay the same. Under arm64
-    emulation it is most of an image build, so CI prepares it while other steps run
-    (``image/build.py ARCH --prepare``). Callers copy it; it is never changed in place."""
+    emulation it is most of an image build, so it can be made while other steps run
+    (``image/build.py ARCH --prepare``). Needs the build tools (``_ensure_tools``). Callers
+    copy it; it is never changed in place."""
     base = out_dir / "rootfs-base"
     key_file = out_dir / "rootfs-base.key"
     hasher = hashlib.sha256()
@@ -171,7 +172,6 @@ def base_rootfs(recipe: dict, arch: str, out_dir: Path, epoch: int) -> Path:
     if base.is_dir() and key_file.is_file() and key_file.read_text().strip() == key:
         print(f"image: {base} is up to date", file=sys.stderr)
         return base
-    _ensure_tools(arch)
     key_file.unlink(missing_ok=True)
     shutil.rmtree(base, ignore_errors=True)
     partial = out_dir / "rootfs-base.partial"
@@ -318,11 +318,15 @@ def source_date_epoch() -> int:
         text=True).stdout.strip() or 0)
 
 
-def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) -> dict:
-    """Build the image for ``arch`` into ``out_dir``; returns the manifest."""
+def _require_root() -> None:
     if os.geteuid() != 0:
         raise ImageBuildError("the image build needs root (mmdebstrap, file ownership): "
                               "run it with sudo")
+
+
+def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) -> dict:
+    """Build the image for ``arch`` into ``out_dir``; returns the manifest."""
+    _require_root()
     recipe = load_recipe()
     manifest_path = Path(str(binary) + ".manifest.json")
     if not binary.is_file() or not manifest_path.is_file():
@@ -425,17 +429,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="only make (or reuse) the Debian root file system, which needs "
                         "no binary and no signing; a later build takes it as it is")
     args = parser.parse_args(argv)
+    out = args.out or ROOT / "build/out/image" / args.arch
     try:
         if args.prepare:
-            if os.geteuid() != 0:
-                raise ImageBuildError("the image build needs root (mmdebstrap): run it with "
-                                      "sudo")
-            base_rootfs(load_recipe(), args.arch,
-                        args.out or ROOT / "build/out/image" / args.arch, source_date_epoch())
+            _require_root()
+            _ensure_tools(args.arch)
+            base_rootfs(load_recipe(), args.arch, out, source_date_epoch())
             return 0
         binary = args.binary or (ROOT / "build/out/bin/slm" if args.arch == _host_arch()
                                  else ROOT / f"build/out/{args.arch}/bin/slm")
-        out = args.out or ROOT / "build/out/image" / args.arch
         manifest = build(args.arch, binary, args.authorized_keys, out)
     except ImageBuildError as exc:
         print(f"image: {exc}", file=sys.stderr)

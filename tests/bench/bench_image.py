@@ -19,6 +19,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "image"))
 from vm import ApplianceVM, VMError  # noqa: E402
@@ -29,8 +31,6 @@ CGROUP = "/sys/fs/cgroup/system.slice/slm.service"
 
 def _chat_seconds(vm: ApplianceVM) -> float:
     """One 4-token greedy chat completion through the forwarded port."""
-    import httpx
-
     began = time.monotonic()
     response = httpx.post(vm.url + "/v1/chat/completions", timeout=900, json={
         "model": MODEL_ID, "max_tokens": 4, "temperature": 0,
