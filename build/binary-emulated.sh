@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The Doorman binary for a foreign architecture (arm64 on an x86_64 build machine):
 #   build/binary-emulated.sh arm64   ->  build/out/arm64/bin/slm (+ manifest, litestream, model)
+#   build/binary-emulated.sh arm64 --prepare   only the arm64 build chroot (no host venv
+#                                              needed: CI makes it while bootstrap runs)
 #
 # Nuitka does not cross-compile, so its Python step runs on an arm64 Python inside an arm64
 # chroot under qemu-user. To keep that inside CI's time:
@@ -22,7 +24,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-ARCH="${1:?usage: build/binary-emulated.sh arm64}"
+ARCH="${1:?usage: build/binary-emulated.sh arm64 [--prepare]}"
+PREPARE="${2:-}"
+[ -z "$PREPARE" ] || [ "$PREPARE" = --prepare ] \
+  || { echo "binary-emulated: unknown option $PREPARE (only --prepare)" >&2; exit 2; }
 case "$ARCH" in
   arm64) TRIPLET=aarch64-linux-gnu; MACHINE=aarch64 ;;
   *) echo "binary-emulated: unsupported architecture $ARCH (arm64 only)" >&2; exit 2 ;;
@@ -49,6 +54,30 @@ if ((${#missing[@]})); then
 fi
 
 build/ensure-binfmt.sh "$MACHINE"
+# the ARCH build chroot (an arm64 Debian with Python and a C compiler), kept between runs;
+# first, because it needs nothing of the host venv (--prepare stops after it)
+# mounts left by an interrupted run: undo them before anything removes the chroot (/dev and
+# the host's / are bind-mounted into it)
+awk -v c="$CHROOT/" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r \
+  | xargs -r -n1 umount -l
+if awk -v c="$CHROOT/" 'index($2, c) == 1 {found=1} END {exit !found}' /proc/mounts; then
+  echo "binary-emulated: $CHROOT still has mounts; refusing to touch it" >&2; exit 1
+fi
+CHROOT_PACKAGES="python3-dev,python3-venv,gcc,libc6-dev,patchelf,ccache,libsystemd-dev,pkg-config,libgomp1"
+if [ "$(cat "$CHROOT/.packages" 2>/dev/null)" != "$SUITE $CHROOT_PACKAGES" ]; then
+  say "making the $ARCH build chroot (emulated dpkg: minutes, once)"
+  rm -rf "$CHROOT"
+  mmdebstrap --arch="$ARCH" --variant=apt --include="$CHROOT_PACKAGES" \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' "$SUITE" "$CHROOT" >/dev/null
+  echo "$SUITE $CHROOT_PACKAGES" > "$CHROOT/.packages"
+fi
+
+if [ -n "$PREPARE" ]; then
+  say "$CHROOT is ready"
+  exit 0
+fi
+
 build/ship-env.sh
 want="$(cat "$ROOT/build/out/ship-venv/.stamp" build/binary-emulated.sh build/nuitka-compile.sh \
   build/nuitka_bytecode_plugin.py build/nuitka-package-config.yml build/slm_main.py | sha256sum | cut -d' ' -f1)"
@@ -73,7 +102,8 @@ if [ -z "$wheel" ]; then
     "$HOST_PY" -m pip --disable-pip-version-check -q download --no-deps --no-binary :all: \
       "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$CACHE/sdist"
   fi
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DCMAKE_TOOLCHAIN_FILE=$ROOT/build/toolchain-$ARCH.cmake" \
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DCMAKE_TOOLCHAIN_FILE=$ROOT/build/toolchain-$ARCH.cmake \
+    -DCMAKE_PROJECT_llama.cpp_INCLUDE=$ROOT/build/llama-cpp-minimal.cmake" \
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     "$HOST_PY" -m pip --disable-pip-version-check -q wheel --no-deps \
     --no-binary llama-cpp-python "$sdist" \
@@ -117,24 +147,6 @@ PLATFORMS=(--platform "manylinux2014_$MACHINE" --platform "manylinux_2_17_$MACHI
   "nuitka==$NUITKA_VERSION" -d "$WHEELS/src"
 "$HOST_PY" -m pip --disable-pip-version-check -q wheel --no-deps "$ROOT" -w "$WHEELS"
 
-# 3. the ARCH build chroot (an arm64 Debian with Python and a C compiler), kept between runs
-# mounts left by an interrupted run: undo them before anything removes the chroot (/dev and
-# the host's / are bind-mounted into it)
-awk -v c="$CHROOT/" 'index($2, c) == 1 {print $2}' /proc/mounts | sort -r \
-  | xargs -r -n1 umount -l
-if awk -v c="$CHROOT/" 'index($2, c) == 1 {found=1} END {exit !found}' /proc/mounts; then
-  echo "binary-emulated: $CHROOT still has mounts; refusing to touch it" >&2; exit 1
-fi
-CHROOT_PACKAGES="python3-dev,python3-venv,gcc,libc6-dev,patchelf,ccache,libsystemd-dev,pkg-config,libgomp1"
-if [ "$(cat "$CHROOT/.packages" 2>/dev/null)" != "$SUITE $CHROOT_PACKAGES" ]; then
-  say "making the $ARCH build chroot (emulated dpkg: minutes, once)"
-  rm -rf "$CHROOT"
-  mmdebstrap --arch="$ARCH" --variant=apt --include="$CHROOT_PACKAGES" \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' "$SUITE" "$CHROOT" >/dev/null
-  echo "$SUITE $CHROOT_PACKAGES" > "$CHROOT/.packages"
-fi
-
 mounted=()
 cleanup() {
   for ((i=${#mounted[@]}-1; i>=0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
@@ -165,7 +177,7 @@ exec /host/usr/bin/$TRIPLET-gcc --sysroot=/ "\$@"
 WRAPPER
 chmod +x "$CHROOT/usr/local/bin/$TRIPLET-native-gcc"
 
-# 4. inside the chroot: the shipped venv, Nuitka beside it, then the shared Nuitka step
+# 3. inside the chroot: the shipped venv, Nuitka beside it, then the shared Nuitka step
 say "installing the shipped set into the $ARCH chroot (emulated pip)"
 BUILD_NUMBER="$(git rev-list --count HEAD 2>/dev/null || echo 0)"
 chroot "$CHROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \

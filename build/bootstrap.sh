@@ -57,13 +57,16 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # llama-cpp-python compiles llama.cpp (5-18 min on 2 cores): build it once per version and
 # machine architecture into a wheelhouse. Portable, because the native build segfaults in
 # the AMX kernels on quantised models (see docs/ARCHITECTURE.md). Without the multimodal
-# library (libmtmd, LLAVA_BUILD): the engine never loads it, and it is compile time and size.
+# library (libmtmd, LLAVA_BUILD) and llama.cpp's libllama-common (build/llama-cpp-minimal.cmake):
+# the engine never loads them, and they were most of the compile time (4.7 CPU-min without).
 arch="$(uname -m)"
 wheel="$(ls "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*"$arch".whl 2>/dev/null | head -1 || true)"
 if [ -z "$wheel" ]; then
   say "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION (portable; takes minutes, once)"
   tmp="$(mktemp -d)"
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF \
+    -DCMAKE_PROJECT_llama.cpp_INCLUDE=$ROOT/build/llama-cpp-minimal.cmake" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
     "${PIP[@]}" wheel --no-deps --no-binary llama-cpp-python \
     "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -w "$tmp"
   mkdir -p "$WHEELHOUSE"

@@ -12,6 +12,10 @@ SHIP="$ROOT/build/out/ship-venv"
 LLAMA_CPP_PYTHON_VERSION="$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION="\(.*\)"/\1/p' build/bootstrap.sh)"
 DEFAULT_MODEL_PACKAGE="$(sed -n 's/^DEFAULT_MODEL_PACKAGE="\(.*\)"/\1/p' build/bootstrap.sh)"
 
+# one builder at a time (CI builds the arm64 binary beside the amd64 steps, and both start here)
+mkdir -p "$ROOT/build/out"
+exec 9>"$ROOT/build/out/.ship-env.lock"
+flock 9
 want="$( (cat pyproject.toml build/ship-env.sh; find services -name '*.py' | sort | xargs cat) | sha256sum | cut -d' ' -f1)"
 if [ -f "$SHIP/.stamp" ] && [ "$(cat "$SHIP/.stamp")" = "$want" ]; then
   exit 0
