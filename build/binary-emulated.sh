@@ -67,6 +67,7 @@ CHROOT_PACKAGES="python3-dev,python3-venv,gcc,libc6-dev,patchelf,ccache,libsyste
 if [ "$(cat "$CHROOT/.packages" 2>/dev/null)" != "$SUITE $CHROOT_PACKAGES" ]; then
   say "making the $ARCH build chroot (emulated dpkg: minutes, once)"
   rm -rf "$CHROOT"
+  mkdir -p "$OUT"  # mmdebstrap wants the target's parent to exist
   mmdebstrap --arch="$ARCH" --variant=apt --include="$CHROOT_PACKAGES" \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' "$SUITE" "$CHROOT" >/dev/null

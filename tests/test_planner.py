@@ -114,9 +114,9 @@ def test_largest_context_fits_and_the_next_step_does_not(tmp_path):
     path = synthetic(tmp_path / "m.gguf", "llama",
                      {**BASE, "attention.head_count_kv": 8, "context_length": 1 << 20})
     budget = 300.0
-    n = largest_context(path, budget, baseline_mib=50)
-    assert plan(path, n_ctx=n, baseline_mib=50).total <= budget * MB
-    assert plan(path, n_ctx=n + 256, baseline_mib=50).total > budget * MB
+    n = largest_context(path, budget, baseline_mb=50)
+    assert plan(path, n_ctx=n, baseline_mb=50).total <= budget * MB
+    assert plan(path, n_ctx=n + 256, baseline_mb=50).total > budget * MB
 
 
 def llama_cpp_kv_mib(model: Path, n_ctx: int, kv_type_id: int = 1) -> float:
@@ -175,14 +175,14 @@ def test_service_refuses_a_context_over_budget_naming_the_largest_that_fits(tiny
     r = run_slm("serve", "--model", str(tiny_model), "--port", str(free_port()),
                 "--memory-budget-mb", "70", "--ctx", "65536")
     assert r.returncode == 2
-    n = largest_context(tiny_model, 70, baseline_mib=Settings().memory_baseline_mb)
+    n = largest_context(tiny_model, 70, baseline_mb=Settings().memory_baseline_mb)
     assert f"the largest context that fits is {n}" in r.stderr and n > 0
     assert r.stderr.count("\n") == 1
 
 
 def test_ctx_auto_serves_the_largest_context_that_fits(start_server, tiny_model):
     server = start_server(tiny_model, '[model]\nctx = "auto"\n[memory]\nbudget_mb = 70\n')
-    expected = largest_context(tiny_model, 70, baseline_mib=Settings().memory_baseline_mb)
+    expected = largest_context(tiny_model, 70, baseline_mb=Settings().memory_baseline_mb)
     model = httpx.get(server.base + "/v1/models").json()["data"][0]
     assert model["context_length"] == expected
 

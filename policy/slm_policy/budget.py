@@ -211,7 +211,7 @@ def calibrate(model: Path | None = None, ctx: int = 512) -> float:
     from slm.model_file import default_model_path
 
     measured = measure(model, ctx)["peak_rss"] or 0
-    parts = plan(model or default_model_path(), n_ctx=ctx, baseline_mib=0).total
+    parts = plan(model or default_model_path(), n_ctx=ctx, baseline_mb=0).total
     return (measured - parts) / MB
 
 
@@ -225,7 +225,7 @@ def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
     rows, ok = [], True
     for ctx in contexts:
         predicted = plan(path, n_ctx=ctx, kv_type=kv_type,
-                         baseline_mib=budget.runtime_baseline_mb)
+                         baseline_mb=budget.runtime_baseline_mb)
         got = measure(model, ctx, kv_type=kv_type)
         measured = got["peak_rss"] or 0
         error = (predicted.total - measured) / measured

@@ -260,7 +260,7 @@ def _plan(args: argparse.Namespace) -> int:
     info = read_gguf(path)
     ctx = args.ctx or int(info.arch("context_length", 4096))
     baseline = args.baseline_mb if args.baseline_mb is not None else Settings().memory_baseline_mb
-    common = {"kv_type": args.kv_type, "n_ubatch": args.batch, "baseline_mib": baseline,
+    common = {"kv_type": args.kv_type, "n_ubatch": args.batch, "baseline_mb": baseline,
               "n_seq": args.parallel, "info": info}
     p = plan(path, n_ctx=ctx, **common)
     fits = largest_context(path, args.budget, **common) if args.budget else None

@@ -143,7 +143,7 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int, kv_type: str, n_ubatch: int,
 
 
 def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
-         baseline_mib: float = 0.0, info: GGUFInfo | None = None, n_seq: int = 1) -> Plan:
+         baseline_mb: float = 0.0, info: GGUFInfo | None = None, n_seq: int = 1) -> Plan:
     """Predict the footprint of serving ``path`` at ``n_ctx`` (shared by ``n_seq``
     parallel sequences, as llama.cpp's unified KV cache does)."""
     if n_ctx < 1:
@@ -165,14 +165,14 @@ def plan(path: Path, *, n_ctx: int, kv_type: str = "f16", n_ubatch: int = 512,
     logits = 4 * n_vocab
     return Plan(
         n_ctx=n_ctx, kv_type=kv_type, attention=kind,
-        baseline=int(baseline_mib * MIB), weights=info.weights_bytes, kv_cache=kv,
+        baseline=int(baseline_mb * MB), weights=info.weights_bytes, kv_cache=kv,
         compute=mask + activations + logits, output=4 * n_vocab,
         tokenizer=TOKENIZER_BYTES_PER_ENTRY * (n_vocab + n_merges),
     )
 
 
 def largest_context(path: Path, budget_mb: float, *, kv_type: str = "f16",
-                    n_ubatch: int = 512, baseline_mib: float = 0.0,
+                    n_ubatch: int = 512, baseline_mb: float = 0.0,
                     step: int = 256, cap_to_trained: bool = True, n_seq: int = 1,
                     info: GGUFInfo | None = None) -> int:
     """The largest context (a multiple of ``step``; at most the trained one unless
@@ -185,7 +185,7 @@ def largest_context(path: Path, budget_mb: float, *, kv_type: str = "f16",
     while low <= high:
         mid = (low + high) // 2
         p = plan(path, n_ctx=mid * step, kv_type=kv_type, n_ubatch=n_ubatch,
-                 baseline_mib=baseline_mib, info=info, n_seq=n_seq)
+                 baseline_mb=baseline_mb, info=info, n_seq=n_seq)
         if p.total <= budget_mb * MB:
             best, low = mid * step, mid + 1
         else:

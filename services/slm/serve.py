@@ -73,7 +73,7 @@ def plan_context(settings: Settings, model: Path) -> int:
     budget = settings.memory_budget_mb
     info = read_gguf(model)  # parsed once for every plan below
     common = {"kv_type": settings.kv_type, "n_ubatch": settings.batch,
-              "baseline_mib": settings.memory_baseline_mb, "info": info}
+              "baseline_mb": settings.memory_baseline_mb, "info": info}
     if settings.ctx == "auto":
         fits = largest_context(model, budget, **common)
         if fits == 0:
@@ -106,7 +106,7 @@ def prompt_cache_bytes(settings: Settings, model: Path, n_ctx: int) -> int:
     if wanted <= 0:
         return 0
     planned = plan(model, n_ctx=n_ctx, kv_type=settings.kv_type, n_ubatch=settings.batch,
-                   baseline_mib=settings.memory_baseline_mb)
+                   baseline_mb=settings.memory_baseline_mb)
     room = int(settings.memory_budget_mb * MB) - planned.total
     if room < wanted:
         log.info("prompt cache limited to %d MB by memory.budget_mb", max(room, 0) // MB)

@@ -43,10 +43,6 @@ class UpstreamConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
         """``host[:port]`` of the base URL (what the allowlist compares)."""
         return urlsplit(self.url).netloc
 
-    def upstream_model(self, requested: str) -> str:
-        """The model name sent upstream for a client's ``requested`` name."""
-        return self.model or requested
-
     def read_key(self) -> str | None:
         """The API key from ``key_file`` (first non-empty line), or None without one."""
         if not self.key_file:
