@@ -56,6 +56,14 @@ def test_invalid_config_names_the_key(tmp_path, text, names):
     assert "\n" not in err.value.one_line()
 
 
+def test_the_sanitisers_hint_survives_in_the_config_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, '[sanitise]\nphone_regions = ["XX"]\n'))
+    assert "XX" in err.value.message
+    assert "ISO 3166-1" in (err.value.hint or "")
+    assert "ISO 3166-1" in err.value.one_line()
+
+
 def test_api_keys_from_file_and_config(tmp_path):
     keyfile = tmp_path / "keys"
     keyfile.write_text("key-from-file-1\n\nkey-from-file-2\n")

@@ -304,7 +304,7 @@ class Settings:
             return Detector(self.sanitise_entities, phone_regions=self.sanitise_phone_regions,
                             custom=self.sanitise_custom)
         except DetectorError as exc:
-            raise ConfigError(f"sanitise: {exc.message}") from None
+            raise ConfigError(f"sanitise: {exc.message}", hint=exc.hint) from None
 
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for logs and `slm config show`."""
