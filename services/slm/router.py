@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -28,6 +28,7 @@ from slm.errors import (
 )
 from slm.metrics import Metrics
 from slm.settings import Settings
+from slm.tiers import Tier
 from slm.upstream import Upstream
 
 log = logging.getLogger("slm.router")
@@ -37,17 +38,32 @@ BACKOFF_MAX_S = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
-class Target:
-    """One place a request can be served: tier A, or an upstream with the model name to
-    send it."""
+class LocalTarget:
+    """Tier A: this box's engine, with the model name the client asked for (the base
+    model or ``<model>:<adapter>``)."""
 
-    tier: str
     model: str
-    upstream: Upstream | None = None
+    tier: ClassVar[Tier] = Tier.A
+    label: ClassVar[str] = "A"
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteTarget:
+    """A tier B / C upstream, with the model name to send it."""
+
+    upstream: Upstream
+    model: str
+
+    @property
+    def tier(self) -> Tier:
+        return self.upstream.tier
 
     @property
     def label(self) -> str:
-        return self.upstream.name if self.upstream else "A"
+        return self.upstream.name
+
+
+Target = LocalTarget | RemoteTarget
 
 
 class Router:
@@ -66,7 +82,7 @@ class Router:
                     raise ConfigError(f"upstream {up.name!r}: model {model!r} is tier A's "
                                       "own name")
                 self.by_model[model] = up
-        self.tier_b = next((u for u in self.upstreams.values() if u.tier == "B"), None)
+        self.tier_b = next((u for u in self.upstreams.values() if u.tier is Tier.B), None)
         self._health_task: asyncio.Task[None] | None = None
         for up in self.upstreams.values():
             metrics.breaker_state.labels(up.name).set_function(
@@ -76,9 +92,9 @@ class Router:
 
     # -- routing -------------------------------------------------------------------------
 
-    def model_names(self) -> list[tuple[str, str]]:
+    def model_names(self) -> list[tuple[str, Tier]]:
         """(model name, tier) of every model clients may ask for."""
-        return [(self.tier_a_model, "A")] + [(m, u.tier) for m, u in self.by_model.items()]
+        return [(self.tier_a_model, Tier.A)] + [(m, u.tier) for m, u in self.by_model.items()]
 
     def targets(self, model: str) -> list[Target]:
         """The targets for ``model``, first choice first (NotFound for unknown names)."""
@@ -86,40 +102,39 @@ class Router:
             raise UpstreamNotAllowed(
                 "model names select a configured upstream; URLs are not accepted")
         if model == self.tier_a_model:
-            chain = [Target("A", model)]
+            chain: list[Target] = [LocalTarget(model)]
             if self.tier_b is not None:
                 chain.append(self._target(self.tier_b, None))
             return chain
         up = self.by_model.get(model)
         if up is None and model.startswith(self.tier_a_model + ":"):
-            return [Target("A", model)]  # a LoRA adapter: only tier A can apply it
+            return [LocalTarget(model)]  # a LoRA adapter: only tier A can apply it
         if up is None:
             names = ", ".join(repr(m) for m, _ in self.model_names())
             raise NotFound(f"model {model!r} does not exist; this server serves {names}",
                            param="model", code="model_not_found")
         chain = [self._target(up, model)]
         for name in up.config.fallback:
-            if name == "A":
-                chain.append(Target("A", self.tier_a_model))
+            if name == Tier.A:
+                chain.append(LocalTarget(self.tier_a_model))
             else:
                 chain.append(self._target(self.upstreams[name], None))
         return chain
 
     @staticmethod
-    def _target(up: Upstream, requested: str | None) -> Target:
+    def _target(up: Upstream, requested: str | None) -> RemoteTarget:
         model = up.config.model or requested or up.config.models[0]
-        return Target(up.tier, model, up)
+        return RemoteTarget(up, model)
 
     # -- calls ---------------------------------------------------------------------------
 
     async def open(
-        self, target: Target, path: str, body: dict[str, Any], *, deadline: float,
+        self, target: RemoteTarget, path: str, body: dict[str, Any], *, deadline: float,
         request_id: str, stream: bool,
     ) -> httpx.Response:
         """Call ``target``'s upstream with retries until ``deadline``; the open 2xx
         response."""
         up = target.upstream
-        assert up is not None
         body = {**body, "model": target.model}
         attempt = 0
         while True:

@@ -30,6 +30,7 @@ from slm.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from slm.tiers import Tier
 from slm.upstream_config import UpstreamConfig
 
 log = logging.getLogger("slm.upstream")
@@ -78,7 +79,7 @@ class Upstream:
     def __init__(self, config: UpstreamConfig, allowed_hosts: frozenset[str]) -> None:
         self.config = config
         self.name = config.name
-        self.tier = config.tier
+        self.tier = Tier(config.tier)
         self._key = config.read_key()
         self._allowed_hosts = allowed_hosts
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)

@@ -48,7 +48,7 @@ from slm.errors import (
     UpstreamError,
 )
 from slm.ledger import LedgerError
-from slm.router import Target
+from slm.router import LocalTarget, RemoteTarget, Target
 from slm.sanitise.payload import (
     StreamedResponseRehydrator,
     redact_request,
@@ -58,6 +58,7 @@ from slm.sanitise.vault import Vault
 from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler, TextEvent
 from slm.service import Doorman
 from slm.systemd_notify import Watchdog, watchdog_interval_s
+from slm.tiers import Tier
 
 log = logging.getLogger("slm.api")
 
@@ -202,7 +203,7 @@ class DoormanAPI:
         store_prompt = self.d.settings.ledger_store_prompt
         return {
             "request_id": state.request_id, "endpoint": endpoint,
-            "tier": state.audit.get("tier", "A"),
+            "tier": state.audit.get("tier", str(Tier.A)),
             "model": state.audit.get("model", self.d.model_id),
             "model_sha256": state.audit.get("model_sha256", self.d.model_file.sha256),
             "status": status, "error_code": error_code,
@@ -517,7 +518,7 @@ class DoormanAPI:
             more = i + 1 < len(targets)
             self._answering(request, target)
             try:
-                if target.tier == "A":
+                if isinstance(target, LocalTarget):
                     response = await tier_a()
                 else:
                     response = await self._remote(request, target, redacted, vault,
@@ -534,8 +535,8 @@ class DoormanAPI:
                     "request_id": request.state.request_id, "from": target.label,
                     "to": targets[i + 1].label, "error": exc.code})
                 continue
-            response.headers["X-Slm-Tier"] = target.tier
-            if target.upstream is not None:
+            response.headers["X-Slm-Tier"] = str(target.tier)
+            if isinstance(target, RemoteTarget):
                 response.headers["X-Slm-Upstream"] = target.upstream.name
             if response.status_code < 400:
                 self.d.metrics.answered_by.labels(target.tier).inc()
@@ -556,18 +557,18 @@ class DoormanAPI:
     def _answering(self, request: Request, target: Target) -> None:
         """Record (for the ledger and log) which tier is serving the request now."""
         audit = request.state.audit
-        audit["tier"] = target.tier
+        audit["tier"] = str(target.tier)
         audit["model"] = target.model
-        audit["model_sha256"] = self.d.model_file.sha256 if target.tier == "A" else None
+        audit["model_sha256"] = (self.d.model_file.sha256 if isinstance(target, LocalTarget)
+                                 else None)
         request.state.log["tier"] = target.label
 
     async def _remote(
-        self, request: Request, target: Target, redacted: dict[str, Any], vault: Vault,
+        self, request: Request, target: RemoteTarget, redacted: dict[str, Any], vault: Vault,
         *, chat: bool, stream: bool,
     ) -> Response:
         """Forward the sanitised request to a tier B / C upstream; rehydrate its answer."""
         up = target.upstream
-        assert up is not None
         state = request.state
         deadline = min(state.started + self.d.settings.request_timeout_s,
                        time.monotonic() + up.config.total_timeout_s)
