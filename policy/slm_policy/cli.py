@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from slm.planner import KvType
+
 from slm_policy.inventory import (
     InventoryError,
     native_libraries,
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="contexts to measure (repeatable; default: 2048, 4096, 8192)")
     bud.add_argument("--configured-ctx", type=int, default=4096,
                      help="the context the appliance serves (must fit the budget)")
-    bud.add_argument("--kv-type", choices=["f16", "q8_0", "q4_0"], default="f16")
+    bud.add_argument("--kv-type", choices=[t.value for t in KvType],
+                     default=KvType.F16.value)
     bud.add_argument("--policy", type=Path, default=None)
     bud.add_argument("--json", type=Path, help="write the measurements here")
     bud.add_argument("--calibrate", action="store_true",

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slm import __version__
+from slm.documents.extract import DocumentKind
 from slm.errors import ConfigError, SignatureError, SlmError
 from slm.ledger import LedgerError
+from slm.planner import KvType
 from slm.settings import (
     Settings,
     add_flags,
@@ -74,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="GGUF file (default: the embedded default model)")
     plan.add_argument("--ctx", type=_positive, default=None,
                       help="context size (default: the trained one)")
-    plan.add_argument("--kv-type", choices=["f16", "q8_0", "q4_0"], default="f16")
+    plan.add_argument("--kv-type", choices=[t.value for t in KvType],
+                     default=KvType.F16.value)
     plan.add_argument("--batch", type=_positive, default=512,
                       help="micro-batch size (n_ubatch)")
     plan.add_argument("--parallel", type=_positive, default=1,
@@ -133,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
         "extract-text", help="(internal) a document on stdin as JSON sections on stdout: "
         "the limited child process the service reads uploads in")
     extract.add_argument("--kind", required=True,
-                         choices=["pdf", "docx", "xlsx", "markdown", "text"])
+                         choices=[k.value for k in DocumentKind])
     extract.add_argument("--max-chars", type=_positive, required=True)
     extract.add_argument("--max-unpacked-bytes", type=_positive, required=True)
     extract.add_argument("--memory-mb", type=_positive, required=True)

@@ -20,20 +20,26 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 import llama_cpp as C
 
 from slm.chat_template import ChatTemplate
 from slm.errors import EngineError, InvalidRequest, ModelError, Unsupported
 from slm.model_file import ModelFile
-from slm.planner import GGML_KV_TYPE_IDS
+from slm.planner import KvType
 from slm.prompt_cache import PromptCache
 from slm.stops import StopMatcher
 
-FINISH_STOP = "stop"
 BAN_BIAS = -1e9  # what logit_bias -100 ("ban") becomes
 RESTORE_MIN_GAIN = 16  # tokens a snapshot must save over the live prefix to be restored
-FINISH_LENGTH = "length"
+
+
+class FinishReason(StrEnum):
+    """Why a generation ended (OpenAI's ``finish_reason``)."""
+
+    STOP = "stop"  # an end-of-generation token or a stop sequence
+    LENGTH = "length"  # max_tokens, or the context is full
 
 _LOG_CALLBACK = C.llama_log_callback(lambda level, text, user_data: None)
 
@@ -64,7 +70,7 @@ class SamplingParams:
 class GenerationResult:
     """How a generation ended and what it cost."""
 
-    finish_reason: str
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     cached_prompt_tokens: int = 0
@@ -174,8 +180,8 @@ class Engine:
         # Sliding-window layers keep only their window (llama.cpp defaults to full-size
         # caches for them); the planner counts the same.
         cparams.swa_full = False
-        if self._kv_type != "f16":  # a quantised V cache needs flash attention
-            cparams.type_k = cparams.type_v = GGML_KV_TYPE_IDS[self._kv_type]
+        if self._kv_type != KvType.F16:  # a quantised V cache needs flash attention
+            cparams.type_k = cparams.type_v = KvType(self._kv_type).ggml_type
             cparams.flash_attn_type = 1
         ctx = C.llama_init_from_model(self._model, cparams)
         if not ctx:
@@ -494,7 +500,7 @@ class Engine:
             C.llama_set_abort_callback(self._ctx, C.ggml_abort_callback(0), None)
         prompt_done = time.monotonic()
         result = GenerationResult(
-            finish_reason=FINISH_LENGTH,
+            finish_reason=FinishReason.LENGTH,
             prompt_tokens=len(prompt),
             completion_tokens=0,
             cached_prompt_tokens=cached,
@@ -507,7 +513,7 @@ class Engine:
             while True:
                 token = C.llama_sampler_sample(sampler, self._ctx, -1)
                 if C.llama_vocab_is_eog(self._vocab, token):
-                    result.finish_reason = FINISH_STOP
+                    result.finish_reason = FinishReason.STOP
                     break
                 result.completion_tokens += 1
                 if result.first_token_seconds is None:
@@ -517,7 +523,7 @@ class Engine:
                     on_text(text)
 
                 if stops.stopped:
-                    result.finish_reason = FINISH_STOP
+                    result.finish_reason = FinishReason.STOP
                     break
                 if result.completion_tokens >= params.max_tokens:
                     break

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+from enum import StrEnum
 from typing import Any
 
 # Attributes every LogRecord has; anything else passed through ``extra=`` is a field.
@@ -113,16 +114,26 @@ def stderr_is_journal() -> bool:
     return expected == f"{st.st_dev}:{st.st_ino}"
 
 
+class LogFormat(StrEnum):
+    """Where and how log records go."""
+
+    AUTO = "auto"  # the journal when stderr is connected to it, else text
+    JOURNAL = "journal"
+    JSON = "json"
+    TEXT = "text"
+
+
 def setup_logging(level: str, fmt: str) -> None:
     """Route all logging (ours and uvicorn's) to one place in the chosen format."""
-    if fmt == "auto":
-        fmt = "journal" if stderr_is_journal() else "text"
+    chosen = LogFormat(fmt)
+    if chosen is LogFormat.AUTO:
+        chosen = LogFormat.JOURNAL if stderr_is_journal() else LogFormat.TEXT
     handler: logging.Handler
-    if fmt == "journal":
+    if chosen is LogFormat.JOURNAL:
         handler = JournalHandler()
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+        handler.setFormatter(JsonFormatter() if chosen is LogFormat.JSON else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -18,6 +18,7 @@ peak ≈ runtime baseline + weights + KV cache + compute buffers + output buffer
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from slm.errors import ModelError
@@ -25,8 +26,23 @@ from slm.gguf_meta import GGUFInfo, read_gguf
 
 MIB = 1024 * 1024
 MB = 1000 * 1000  # budgets are in MB (the appliance's "550 MB"); breakdowns print MiB
-KV_TYPES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # bytes per element
-GGML_KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}
+
+
+class KvType(StrEnum):
+    """Element type of the KV cache (quantised types need flash attention)."""
+
+    F16 = "f16"
+    Q8_0 = "q8_0"
+    Q4_0 = "q4_0"
+
+    @property
+    def bytes_per_element(self) -> float:
+        return {KvType.F16: 2.0, KvType.Q8_0: 34 / 32, KvType.Q4_0: 18 / 32}[self]
+
+    @property
+    def ggml_type(self) -> int:
+        """llama.cpp's ``ggml_type`` id (``type_k`` / ``type_v`` of the context)."""
+        return {KvType.F16: 1, KvType.Q8_0: 8, KvType.Q4_0: 2}[self]
 RECURRENT = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
 MLA = {"deepseek2", "kimi-k2", "glm4moe-mla"}
 # Sliding-window layer patterns llama.cpp hard-codes: n = every n-th layer is full attention.
@@ -101,7 +117,7 @@ def kv_cache_bytes(info: GGUFInfo, n_ctx: int, kv_type: str, n_ubatch: int,
     if n_layer <= 0 or n_embd <= 0:
         raise ModelError(f"{info.path}: GGUF metadata lacks {info.architecture}.block_count "
                          "or .embedding_length; cannot plan its memory")
-    per_elem = KV_TYPES[kv_type]
+    per_elem = KvType(kv_type).bytes_per_element
     arch = info.architecture
     if arch in RECURRENT:
         if arch.startswith("mamba"):

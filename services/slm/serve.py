@@ -25,7 +25,7 @@ import uvicorn
 
 from slm import __version__
 from slm.errors import ConfigError, SignatureError, SlmError
-from slm.settings import Settings
+from slm.settings import OmpWaitPolicy, Settings
 
 if TYPE_CHECKING:
     from slm.signature import Verified
@@ -56,9 +56,9 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def _set_omp_wait_policy(policy: str) -> None:
+def _set_omp_wait_policy(policy: OmpWaitPolicy) -> None:
     """libgomp reads its wait policy when llama.cpp's libraries load (first import)."""
-    if policy == "default":
+    if policy is OmpWaitPolicy.DEFAULT:
         os.environ.pop("OMP_WAIT_POLICY", None)
     else:
         os.environ["OMP_WAIT_POLICY"] = policy.upper()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import enum
 import os
 import tomllib
 import types
@@ -23,10 +24,20 @@ import msgspec
 
 from slm.adapter_config import AdapterConfig, parse_adapters
 from slm.errors import ConfigError
+from slm.logs import LogFormat
+from slm.planner import KvType
 from slm.sanitise.detectors import ENTITY_TYPES, Detector, DetectorError
 from slm.upstream_config import UpstreamConfig, parse_upstreams
 
 DEFAULT_CONFIG_PATH = Path("/etc/slm/slm.toml")
+
+
+class OmpWaitPolicy(enum.StrEnum):
+    """libgomp's ``OMP_WAIT_POLICY`` for llama.cpp's threads (``DEFAULT``: left unset)."""
+
+    ACTIVE = "active"
+    PASSIVE = "passive"
+    DEFAULT = "default"
 
 Check = Callable[[Any], str | None]
 
@@ -118,16 +129,14 @@ class Settings:
     batch: int = _setting(
         "engine", 512, "Prompt tokens decoded per batch.", check=_at_least(1)
     )
-    kv_type: str = _setting(
-        "engine", "f16", "KV cache element type: `f16`, `q8_0` or `q4_0` (quantised types "
-        "halve or quarter the cache and turn on flash attention).",
-        check=_one_of("f16", "q8_0", "q4_0"),
+    kv_type: KvType = _setting(
+        "engine", KvType.F16, "KV cache element type: `f16`, `q8_0` or `q4_0` (quantised "
+        "types halve or quarter the cache and turn on flash attention).",
     )
-    omp_wait_policy: str = _setting(
-        "engine", "default",
+    omp_wait_policy: OmpWaitPolicy = _setting(
+        "engine", OmpWaitPolicy.DEFAULT,
         "OpenMP wait policy: `active` spins, `passive` sleeps, `default` spins briefly "
         "then sleeps (libgomp's own default).",
-        check=_one_of("active", "passive", "default"),
     )
     # [memory]
     memory_budget_mb: float = _setting(
@@ -291,11 +300,10 @@ class Settings:
     log_level: str = _setting(
         "logging", "info", "Log level.", check=_one_of("debug", "info", "warning", "error")
     )
-    log_format: str = _setting(
-        "logging", "auto", "`journal` (structured journald entries: REQUEST_ID, TIER, "
+    log_format: LogFormat = _setting(
+        "logging", LogFormat.AUTO, "`journal` (structured journald entries: REQUEST_ID, TIER, "
         "STATUS... fields), `json` (one object a line on stderr), `text`, or `auto`: journal "
         "when stderr is connected to the journal (run by systemd), text otherwise.",
-        check=_one_of("auto", "journal", "json", "text"),
     )
 
     def detector(self) -> Detector:
@@ -341,6 +349,8 @@ def _base_type(field_name: str) -> tuple[type, bool]:
 
 
 def _type_name(kind: type) -> str:
+    if issubclass(kind, enum.Enum):
+        return "string"
     return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
             dict: "table", tuple: "array of tables"}[kind]
 
@@ -351,6 +361,12 @@ def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
         return None
     if value == "auto" and key == "model.ctx":
         return value
+    if issubclass(kind, enum.Enum) and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{key}: must be one of {', '.join(m.value for m in kind)} "
+                              f"(got {value!r})") from None
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -457,6 +473,9 @@ def add_flags(parser: argparse.ArgumentParser, only_section: str | None = None) 
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
+        elif issubclass(kind, enum.Enum):
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text,
+                                choices=[m.value for m in kind])
         elif f.name == "ctx":
             parser.add_argument(flag, dest=f.name, type=_int_or_auto, default=None,
                                 help=help_text, metavar="INTEGER|auto")
@@ -482,6 +501,8 @@ def settings_doc() -> str:
         flag = "--" + f.name.replace("_", "-") if f.metadata["cli"] else "(file only)"
         if isinstance(default, tuple):
             default = []
+        if isinstance(default, enum.Enum):
+            default = default.value
         rows.append(
             f"| `{_toml_key(f)}` | `{flag}` | `{default!r}` | {f.metadata['help']} |"
         )

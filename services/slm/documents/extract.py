@@ -14,19 +14,35 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import PurePath
 
 from slm.errors import DocumentRejected
 
-KINDS = ("pdf", "docx", "xlsx", "markdown", "text")
-_EXTENSIONS = {".pdf": "pdf", ".docx": "docx", ".xlsx": "xlsx", ".md": "markdown",
-               ".markdown": "markdown", ".txt": "text"}
+
+class DocumentKind(StrEnum):
+    """The document formats read."""
+
+    PDF = "pdf"
+    DOCX = "docx"
+    XLSX = "xlsx"
+    MARKDOWN = "markdown"
+    TEXT = "text"
+
+
+_EXTENSIONS = {".pdf": DocumentKind.PDF, ".docx": DocumentKind.DOCX,
+               ".xlsx": DocumentKind.XLSX, ".md": DocumentKind.MARKDOWN,
+               ".markdown": DocumentKind.MARKDOWN, ".txt": DocumentKind.TEXT}
 _CONTENT_TYPES = {
-    "application/pdf": "pdf",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
-    "text/markdown": "markdown", "text/x-markdown": "markdown", "text/plain": "text",
+    "application/pdf": DocumentKind.PDF,
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document":
+        DocumentKind.DOCX,
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": DocumentKind.XLSX,
+    "text/markdown": DocumentKind.MARKDOWN, "text/x-markdown": DocumentKind.MARKDOWN,
+    "text/plain": DocumentKind.TEXT,
 }
+_MAGIC = {DocumentKind.PDF: b"%PDF-", DocumentKind.DOCX: b"PK\x03\x04",
+          DocumentKind.XLSX: b"PK\x03\x04"}
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # encrypted OOXML, or legacy .doc / .xls
 _ROWS_PER_SECTION = 50
 
@@ -43,7 +59,7 @@ def rejected(message: str, code: str, status: int = 400) -> DocumentRejected:
     return DocumentRejected(message, param="file", code=code, status=status)
 
 
-def detect_kind(name: str, content_type: str | None, data: bytes) -> str:
+def detect_kind(name: str, content_type: str | None, data: bytes) -> DocumentKind:
     """The document's kind from its extension or content type, checked against its bytes."""
     kind = _EXTENSIONS.get(PurePath(name).suffix.lower())
     if kind is None and content_type:
@@ -54,7 +70,7 @@ def detect_kind(name: str, content_type: str | None, data: bytes) -> str:
     if kind is None:
         raise rejected(f"{name}: unsupported type; send PDF, DOCX, XLSX, Markdown or text",
                        "unsupported_document_type")
-    expected = {"pdf": b"%PDF-", "docx": b"PK\x03\x04", "xlsx": b"PK\x03\x04"}.get(kind)
+    expected = _MAGIC.get(kind)
     if expected and not data.lstrip(b"\r\n\t \x00")[:8].startswith(expected):
         raise rejected(f"{name}: not a {kind.upper()} file (its first bytes do not match)",
                        "document_corrupt")
@@ -76,14 +92,15 @@ class _Budget:
         return text
 
 
-def extract(kind: str, data: bytes, *, max_chars: int,
+def extract(kind: DocumentKind, data: bytes, *, max_chars: int,
             max_unpacked_bytes: int) -> list[Section]:
     """The document's sections with non-empty text, in reading order."""
     budget = _Budget(max_chars)
-    if kind in ("docx", "xlsx"):
+    if kind in (DocumentKind.DOCX, DocumentKind.XLSX):
         _check_zip(data, max_unpacked_bytes)
-    parts = {"pdf": _pdf, "docx": _docx, "xlsx": _xlsx, "markdown": _markdown,
-             "text": _markdown}[kind](data)
+    readers = {DocumentKind.PDF: _pdf, DocumentKind.DOCX: _docx, DocumentKind.XLSX: _xlsx,
+               DocumentKind.MARKDOWN: _markdown, DocumentKind.TEXT: _markdown}
+    parts = readers[DocumentKind(kind)](data)
     sections = [Section(" ".join(where.split())[:80], budget.take(text.strip()))
                 for where, text in parts if text.strip()]
     if not sections:

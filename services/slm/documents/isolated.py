@@ -19,7 +19,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from slm.documents.extract import Section, extract, rejected
+from slm.documents.extract import DocumentKind, Section, extract, rejected
 from slm.errors import DocumentRejected
 from slm.self_exec import slm_command
 
@@ -27,8 +27,9 @@ MB = 1024 * 1024
 log = logging.getLogger("slm.documents")
 
 
-async def extract_isolated(kind: str, data: bytes, *, max_chars: int, max_unpacked_bytes: int,
-                           timeout_s: float, memory_mb: int) -> list[Section]:
+async def extract_isolated(kind: DocumentKind, data: bytes, *, max_chars: int,
+                           max_unpacked_bytes: int, timeout_s: float,
+                           memory_mb: int) -> list[Section]:
     """The document's sections, parsed in a limited child; DocumentRejected on failure."""
     proc = await asyncio.create_subprocess_exec(
         *slm_command(), "extract-text", "--kind", kind, "--max-chars", str(max_chars),
@@ -79,13 +80,13 @@ def limit_self(memory_mb: int, cpu_s: int) -> None:
         fh.write("1000")
 
 
-def extract_text_main(kind: str, max_chars: int, max_unpacked_bytes: int, memory_mb: int,
+def extract_text_main(kind: DocumentKind, max_chars: int, max_unpacked_bytes: int, memory_mb: int,
                       cpu_s: int) -> int:
     """``slm extract-text``: the child's side. Document on stdin, one JSON on stdout."""
     limit_self(memory_mb, cpu_s)
     data = sys.stdin.buffer.read()
     try:
-        sections = extract(kind, data, max_chars=max_chars,
+        sections = extract(DocumentKind(kind), data, max_chars=max_chars,
                            max_unpacked_bytes=max_unpacked_bytes)
         report: dict[str, Any] = {"sections": [asdict(s) for s in sections]}
     except DocumentRejected as exc:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm.documents.extract import Section, rejected
+from slm.documents.extract import DocumentKind, Section, rejected
 from slm.errors import NotFound
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -47,7 +47,7 @@ class Document:
 
     id: str
     filename: str
-    kind: str
+    kind: DocumentKind
     size_bytes: int
     sha256: str
     chunks: list[Chunk]
