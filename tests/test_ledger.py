@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -9,15 +10,16 @@ from pathlib import Path
 
 import pytest
 from conftest import run_slm
-from slm.ledger import FIELDS, Ledger, record_hash
+from slm.ledger import FIELDS, AuditRecord, Ledger, record_hash
 from slm.ledger_audit import verify
 
 
-def entry(i: int) -> dict:
-    return {"request_id": f"req-{i}", "endpoint": "chat", "tier": "A", "model": "tiny",
-            "model_sha256": "ab" * 32, "status": 200, "prompt_tokens": i,
-            "completion_tokens": 2 * i, "latency_us": 1000 + i, "prompt_sha256": "cd" * 32,
-            "entities": ["EMAIL", "IBAN"] if i % 2 else [], "api_key_id": "key-0123456789ab"}
+def entry(i: int) -> AuditRecord:
+    return AuditRecord(
+        request_id=f"req-{i}", endpoint="chat", tier="A", model="tiny",
+        model_sha256="ab" * 32, status=200, prompt_tokens=i, completion_tokens=2 * i,
+        latency_us=1000 + i, prompt_sha256="cd" * 32,
+        entities=("EMAIL", "IBAN") if i % 2 else (), api_key_id="key-0123456789ab")
 
 
 def make_ledger(path: Path, n: int = 10) -> tuple[int, str]:
@@ -124,8 +126,9 @@ def test_forged_appended_record_is_named(ledger_path):
     make_ledger(ledger_path)
     conn = sqlite3.connect(ledger_path, isolation_level=None)
     last = conn.execute("SELECT hash FROM records WHERE id = 10").fetchone()[0]
-    values = {**entry(99), "id": 11, "ts": "2026-01-01T00:00:00.000Z", "prev_hash": last,
-              "entities": "[]", "error_code": None, "finish_reason": "stop", "prompt_text": None}
+    values = {**dataclasses.asdict(entry(99)), "id": 11, "ts": "2026-01-01T00:00:00.000Z",
+              "prev_hash": last, "entities": "[]", "error_code": None, "finish_reason": "stop",
+              "prompt_text": None}
     cols = ", ".join(FIELDS)
     conn.execute(f"INSERT INTO records ({cols}, hash) VALUES ({', '.join('?' * 19)})",
                  (*(values[c] for c in FIELDS), "f" * 64))
@@ -242,7 +245,8 @@ def test_a_lock_held_elsewhere_fails_that_batch_only(ledger_path):
 def test_an_unexpected_error_marks_the_ledger_unwritable_instead_of_killing_it(ledger_path):
     ledger = Ledger(ledger_path)
     with pytest.raises(Exception, match="cannot be written"):
-        ledger.append({**entry(1), "prompt_tokens": 2**70}).result(5)  # no SQLite integer
+        too_big = dataclasses.replace(entry(1), prompt_tokens=2**70)  # no SQLite integer
+        ledger.append(too_big).result(5)
     assert not ledger.writable
     with pytest.raises(Exception, match="cannot be written"):
         ledger.append(entry(2)).result(5)  # refused at once, never hangs

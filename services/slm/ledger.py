@@ -12,6 +12,7 @@ stays so: the Doorman then refuses inference (503) rather than serve unaudited c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,13 +35,34 @@ head_log.setLevel(logging.INFO)
 SCHEMA_VERSION = "1"
 GENESIS_HASH = "0" * 64
 
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditRecord:
+    """What a caller supplies for one record: the ledger's columns but ``id``,
+    ``prev_hash`` and ``hash`` (the chain's), by construction (FIELDS is made from it)."""
+
+    request_id: str
+    endpoint: str
+    tier: str
+    model: str | None
+    model_sha256: str | None
+    status: int
+    error_code: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_us: int | None = None
+    prompt_sha256: str | None = None
+    prompt_text: str | None = None
+    entities: tuple[str, ...] = ()
+    api_key_id: str | None = None
+    ts: str | None = None  # UTC ISO-8601; the ledger stamps it when None
+
+
+ENTRY_FIELDS = ("ts", *(f.name for f in dataclasses.fields(AuditRecord) if f.name != "ts"))
 # Column order of a record; `hash` is computed over all of them but itself.
-FIELDS = (
-    "id", "ts", "request_id", "endpoint", "tier", "model", "model_sha256", "status",
-    "error_code", "finish_reason", "prompt_tokens", "completion_tokens", "latency_us",
-    "prompt_sha256", "prompt_text", "entities", "api_key_id", "prev_hash",
-)
-ENTRY_FIELDS = FIELDS[1:-1]  # what a caller supplies (id and prev_hash come from the chain)
+FIELDS = ("id", *ENTRY_FIELDS, "prev_hash")
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS records (
@@ -183,15 +205,15 @@ class Ledger:
 
     # -- appending ----------------------------------------------------------------------
 
-    def append(self, entry: Mapping[str, Any]) -> Future[int]:
+    def append(self, entry: AuditRecord) -> Future[int]:
         """Queue one record; the future gives its id once durable (or the LedgerError)."""
         future: Future[int] = Future()
         if self.error is not None:
             future.set_exception(self.error)
             return future
-        record = {name: entry.get(name) for name in ENTRY_FIELDS}
-        record["ts"] = record["ts"] or utc_now()
-        record["entities"] = json.dumps(sorted(entry.get("entities") or []))
+        record: dict[str, Any] = {name: getattr(entry, name) for name in ENTRY_FIELDS}
+        record["ts"] = entry.ts or utc_now()
+        record["entities"] = json.dumps(sorted(entry.entities))
         with self._cond:
             if self._closing:
                 future.set_exception(LedgerError("the ledger is closed"))

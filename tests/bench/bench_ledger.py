@@ -13,18 +13,19 @@ import threading
 import time
 from pathlib import Path
 
-from slm.ledger import Ledger
+from slm.ledger import AuditRecord, Ledger
 from slm.replication import Replica, Replicator
 
 N_SEQUENTIAL = 300
 N_THREADS, N_PER_THREAD = 16, 100
 
 
-def entry(i: int) -> dict:
-    return {"request_id": f"bench-{i}", "endpoint": "chat", "tier": "A", "model": "m",
-            "model_sha256": "ab" * 32, "status": 200, "prompt_tokens": 30,
-            "completion_tokens": 100, "latency_us": 123456, "prompt_sha256": "cd" * 32,
-            "entities": ["EMAIL"], "api_key_id": "key-0123456789ab"}
+def entry(i: int) -> AuditRecord:
+    return AuditRecord(
+        request_id=f"bench-{i}", endpoint="chat", tier="A", model="m",
+        model_sha256="ab" * 32, status=200, prompt_tokens=30, completion_tokens=100,
+        latency_us=123456, prompt_sha256="cd" * 32,
+        entities=("EMAIL",), api_key_id="key-0123456789ab")
 
 
 def raw_sqlite(path: Path) -> float:

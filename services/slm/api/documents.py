@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from slm.api.context import RequestContext
+from slm.api.streaming import read_body
 from slm.documents.extract import detect_kind, rejected
 from slm.documents.isolated import extract_isolated
 from slm.documents.store import Citation, Document, make_chunks, select_context
@@ -22,7 +24,6 @@ from slm.errors import ContextLengthExceeded, InvalidRequest
 from slm.sanitise.vault import Vault
 from slm.service import Doorman
 
-ReadBody = Callable[[Request, int], Awaitable[bytes]]
 MULTIPART_OVERHEAD = 64 * 1024
 ANSWER_RESERVE_TOKENS = 512  # room kept for the answer when max_tokens is not given
 
@@ -30,11 +31,8 @@ ANSWER_RESERVE_TOKENS = 512  # room kept for the answer when max_tokens is not g
 class DocumentRoutes:
     """Handlers for the documents endpoints of one Doorman."""
 
-    def __init__(self, doorman: Doorman, read_body: ReadBody,
-                 note_prompt: Callable[[Request, Any], None]) -> None:
+    def __init__(self, doorman: Doorman) -> None:
         self.d = doorman
-        self._read_body = read_body
-        self._note_prompt = note_prompt
         self._reading = asyncio.Semaphore(1)
 
     def _enabled(self) -> None:
@@ -46,7 +44,7 @@ class DocumentRoutes:
         """The upload's file name, content type and bytes: multipart (field ``file``) or
         the raw body with ``?filename=``."""
         limit = self.d.settings.documents_max_bytes
-        body = await self._read_body(request, limit + MULTIPART_OVERHEAD)
+        body = await read_body(request, limit + MULTIPART_OVERHEAD)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             sent = False
@@ -83,7 +81,7 @@ class DocumentRoutes:
             raise InvalidRequest("the document is empty", param="file")
         return name, kind, data
 
-    async def ingest(self, request: Request) -> Response:
+    async def ingest(self, request: Request, ctx: RequestContext) -> Response:
         """Read, sanitise, chunk and keep one document; 201 with its description."""
         self._enabled()
         settings = self.d.settings
@@ -114,59 +112,55 @@ class DocumentRoutes:
                            kind=kind, size_bytes=len(data),
                            sha256=hashlib.sha256(data).hexdigest(), chunks=chunks,
                            entities=dict(vault.counts),
-                           owner=request.state.audit.get("api_key_id"))
+                           owner=ctx.api_key_id)
             return doc, "\n\n".join(s.text for s in clean)
 
         doc, text = await asyncio.to_thread(prepare)
-        self._note_prompt(request, text)
-        request.state.audit["entities"] = vault.entity_types
+        ctx.note_prompt(text)
+        ctx.entities = tuple(vault.entity_types)
         for entity, count in doc.entities.items():
             self.d.metrics.entities.labels(entity).inc(count)
         self.d.documents.add(doc)
-        request.state.log["document"] = doc.id
+        ctx.extra_log["document"] = doc.id
         return JSONResponse(doc.card(), status_code=201)
 
-    async def get(self, request: Request) -> Response:
+    async def get(self, request: Request, ctx: RequestContext) -> Response:
         self._enabled()
         return JSONResponse(self.d.documents.get(request.path_params["doc_id"],
-                                                 _owner(request)).card())
+                                                 ctx.api_key_id).card())
 
-    async def list(self, request: Request) -> Response:
+    async def list(self, request: Request, ctx: RequestContext) -> Response:
         self._enabled()
-        return JSONResponse({"object": "list",
-                             "data": [d.card() for d in self.d.documents.all(_owner(request))]})
+        docs = self.d.documents.all(ctx.api_key_id)  # a key sees only its own documents
+        return JSONResponse({"object": "list", "data": [d.card() for d in docs]})
 
-    async def delete(self, request: Request) -> Response:
+    async def delete(self, request: Request, ctx: RequestContext) -> Response:
         self._enabled()
         doc_id = request.path_params["doc_id"]
-        self.d.documents.delete(doc_id, _owner(request))
+        self.d.documents.delete(doc_id, ctx.api_key_id)
         return JSONResponse({"id": doc_id, "object": "document", "deleted": True})
 
-    def expand(self, request: Request, body: bytes) -> tuple[bytes, list[Citation]]:
-        """A chat body naming ``documents``: the same body with their best excerpts as a
-        system message (and without ``documents``), and what the excerpts' numbers cite.
-        Bodies without ``documents`` come back unchanged.
+    def expand(self, ctx: RequestContext, raw: dict[str, Any]) -> list[Citation]:
+        """A chat body naming ``documents`` gets, in place, their best excerpts as a
+        system message (and loses ``documents``); returns what the excerpts' numbers cite.
+        Bodies without ``documents`` are left as they are.
 
         With the local model loaded, the excerpts fill what its context leaves beside the
         messages and the answer; otherwise (the request may still go to tier B)
         ``documents.context_tokens``. Such requests never enter the prompt cache: the
         documents' text must not outlive their time-to-live."""
-        try:
-            raw = json.loads(body)
-        except ValueError:
-            return body, []  # the schema decoder names the problem
-        if not isinstance(raw, dict) or "documents" not in raw:
-            return body, []
+        if "documents" not in raw:
+            return []
         self._enabled()
         ids = raw.pop("documents")
         if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
             raise InvalidRequest("documents must be a non-empty list of document ids",
                                  param="documents")
-        docs = [self.d.documents.get(i, _owner(request)) for i in dict.fromkeys(ids)]
+        docs = [self.d.documents.get(i, ctx.api_key_id) for i in dict.fromkeys(ids)]
         messages = raw.get("messages")
         if not isinstance(messages, list) or not messages:
-            return json.dumps(raw).encode(), []  # the schema decoder names the problem
-        request.state.documents = True
+            return []  # the schema validation names the problem
+        ctx.with_documents = True
         question = next((m.get("content") for m in reversed(messages)
                          if isinstance(m, dict) and m.get("role") == "user"), "")
         budget = self.d.settings.documents_context_tokens
@@ -190,13 +184,7 @@ class DocumentRoutes:
             messages[0] = {**first, "content": f"{first['content']}\n\n{context}"}
         else:
             messages.insert(0, {"role": "system", "content": context})
-        return json.dumps(raw).encode(), cites
-
-
-def _owner(request: Request) -> str | None:
-    """Whose documents a request may see: its API key's id (None without keys)."""
-    owner: str | None = request.state.audit.get("api_key_id")
-    return owner
+        return cites
 
 
 def _clean_name(name: str) -> str:

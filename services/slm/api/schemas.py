@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -87,33 +87,38 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
 
 
+S = TypeVar("S", bound=msgspec.Struct)
+
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
 
 
-def decode(body: bytes, kind: type[msgspec.Struct]) -> Any:
-    """Decode a JSON body into ``kind`` or raise InvalidRequest naming the bad field."""
+def decode_object(body: bytes) -> dict[str, Any]:
+    """The body as a plain JSON object, decoded once: what is sanitised and forwarded to
+    tier B / C (unknown fields included) and what :func:`validate` types."""
     try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _PATH.search(text)
-        param = match.group(1) if match else None
-        raise InvalidRequest(f"invalid request body: {text}", param=param or None) from None
+        obj = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except UnicodeDecodeError:
         raise InvalidRequest("request body is not valid UTF-8") from None
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
-
-
-def decode_object(body: bytes) -> dict[str, Any]:
-    """The body as a plain JSON object (what is forwarded to tier B / C, unknown fields
-    included); call after :func:`decode` has validated it."""
-    obj = msgspec.json.decode(body)
     if not isinstance(obj, dict):
         raise InvalidRequest("request body must be a JSON object")
     return obj
+
+
+def validate(obj: dict[str, Any], kind: type[S]) -> S:
+    """``obj`` as the typed request ``kind``, or InvalidRequest naming the bad field."""
+    try:
+        return msgspec.convert(obj, type=kind)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _PATH.search(text)
+        param = match.group(1) if match else None
+        raise InvalidRequest(f"invalid request body: {text}", param=param or None) from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
 
 
 def _range(name: str, value: float | None, low: float, high: float) -> None:
