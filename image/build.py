@@ -35,7 +35,8 @@ import tomllib
 import uuid
 from pathlib import Path
 
-from payload_signing import ImageSigning, SigningSetupError
+from image_errors import ImageBuildError, SigningSetupError
+from payload_signing import ImageSigning
 from slm.model_file import sha256_of
 from slm.signature import bundle_path_for
 
@@ -51,10 +52,6 @@ NAMESPACE = uuid.UUID("6f1c3a52-8d0e-4f7a-9a51-5c0d5e1a7b11")
 TOOLS = {"mmdebstrap": "mmdebstrap", "mksquashfs": "squashfs-tools", "sfdisk": "fdisk",
          "mkfs.ext4": "e2fsprogs", "zstd": "zstd", "ssh-keygen": "openssh-client"}
 PAYLOAD = "/usr/lib/slm"  # the unpacked binary (bin/) and the default model (share/slm/)
-
-
-class ImageBuildError(Exception):
-    """The image cannot be built; the message says why in one line."""
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -341,7 +338,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
         signing = ImageSigning.from_env()
         verify_seconds = signing.verify_inputs(binary, model)
     except SigningSetupError as exc:
-        raise ImageBuildError(str(exc)) from None
+        raise ImageBuildError(exc.message, hint=exc.hint) from None
     _ensure_tools(arch)
     began = time.monotonic()
     epoch = source_date_epoch()
@@ -370,7 +367,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
         sealed = signing.seal(rootfs, PAYLOAD, rootfs / installed["model"]["path"].lstrip("/"),
                               bundle_path_for(model), work)
     except SigningSetupError as exc:
-        raise ImageBuildError(str(exc)) from None
+        raise ImageBuildError(exc.message, hint=exc.hint) from None
     installed["signing"] = {**sealed, "build_verify_seconds": verify_seconds}
     packages = _packages(rootfs)
     kernel = sorted((rootfs / "boot").glob("vmlinuz-*"))[-1]
@@ -440,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                                  else ROOT / f"build/out/{args.arch}/bin/slm")
         manifest = build(args.arch, binary, args.authorized_keys, out)
     except ImageBuildError as exc:
-        print(f"image: {exc}", file=sys.stderr)
+        print(f"image: {exc.one_line()}", file=sys.stderr)
         return 1
     sizes = manifest["sizes"]
     print(f"image {args.arch}: {out}/disk.raw {sizes['raw_bytes'] / 1e6:.1f} MB raw, "

@@ -21,16 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_errors import SigningSetupError
 from slm.errors import SignatureError
 from slm.signature import ArtefactVerifier, Signer, bundle_path_for, file_list
 from slm_policy.release import ReleaseError, load_signer, sign
 
 TRUST_DIR = "/usr/lib/slm/trust"
 FILE_LIST = "/usr/lib/slm/bin.files.json"
-
-
-class SigningSetupError(Exception):
-    """The build has no usable signing environment, or an input does not verify."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +51,7 @@ class ImageSigning:
         try:
             signer = load_signer(name)
         except ReleaseError as exc:
-            raise SigningSetupError(str(exc)) from None
+            raise SigningSetupError(exc.message, hint=exc.hint) from None
         config = os.environ.get("SLM_TRUST_CONFIG")
         token = os.environ.get("SLM_IDENTITY_TOKEN_FILE")
         return cls(name, signer, Path(root), Path(config) if config else None,

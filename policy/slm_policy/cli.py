@@ -14,15 +14,15 @@ from pathlib import Path
 
 from slm.planner import KvType
 
+from slm_policy.errors import GateError
 from slm_policy.inventory import (
-    InventoryError,
     native_libraries,
     python_packages,
     shipped_models,
     unlisted_distributions,
 )
 from slm_policy.licenses import Report, evaluate
-from slm_policy.policy_file import PolicyError, load_policy
+from slm_policy.policy_file import load_policy
 from slm_policy.sbom import cyclonedx
 
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "licenses.toml"
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         libs = native_libraries(args.python, packages)
         models = shipped_models(args.python, args.model)
         unlisted = unlisted_distributions(args.python, packages)
-    except (PolicyError, InventoryError) as exc:
-        print(f"slm-gate: error: {exc}", file=sys.stderr)
+    except GateError as exc:
+        print(f"slm-gate: error: {exc.one_line()}", file=sys.stderr)
         return 2
     report = evaluate(policy, packages, libs, models, unlisted)
     print(_table(report))
@@ -191,13 +191,16 @@ def _budget(args: argparse.Namespace) -> int:
 
 def _image(args: argparse.Namespace) -> int:
     from slm_policy.budget import POLICY, load_budget
-    from slm_policy.image_size import ImageManifestError, check, load_manifest
+    from slm_policy.image_size import check, load_manifest
 
     try:
         budget = load_budget(args.policy or POLICY)
         manifest = load_manifest(args.manifest)
-    except (ValueError, ImageManifestError) as exc:
+    except ValueError as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
+        return 2
+    except GateError as exc:
+        print(f"slm-gate: error: {exc.one_line()}", file=sys.stderr)
         return 2
     lines, failures = check(manifest, budget)
     print("\n".join(lines))
@@ -209,7 +212,7 @@ def _image(args: argparse.Namespace) -> int:
 def _release(args: argparse.Namespace) -> int:
     from slm.errors import SignatureError
 
-    from slm_policy.release import SIGNING_POLICY, ReleaseError, load_signer, sign, verify
+    from slm_policy.release import SIGNING_POLICY, load_signer, sign, verify
 
     try:
         if args.gate == "sign":
@@ -221,10 +224,7 @@ def _release(args: argparse.Namespace) -> int:
         signer = load_signer(args.signer, args.policy or SIGNING_POLICY)
         verified, failures = verify(args.manifest, trusted_root=args.trusted_root,
                                     signer=signer, expect=args.expect)
-    except ReleaseError as exc:
-        print(f"slm-gate: error: {exc}", file=sys.stderr)
-        return 2
-    except SignatureError as exc:  # an unusable trust root
+    except (GateError, SignatureError) as exc:  # SignatureError: an unusable trust root
         print(f"slm-gate: error: {exc.one_line()}", file=sys.stderr)
         return 2
     for v in verified:

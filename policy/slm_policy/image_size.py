@@ -7,10 +7,7 @@ import json
 from pathlib import Path
 
 from slm_policy.budget import Budget
-
-
-class ImageManifestError(Exception):
-    """The image manifest (build/out/image/ARCH/manifest.json) is missing or malformed."""
+from slm_policy.errors import ImageManifestError
 
 
 def load_manifest(path: Path) -> dict:

@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from slm_policy.errors import InventoryError
+
 # Run inside the *target* interpreter: every distribution's bundled native libraries and
 # the site-packages folders (to find shipped models).
 _PROBE = r"""
@@ -24,10 +26,6 @@ for dist in md.distributions():
         out["libs"][dist.metadata["Name"]] = libs
 print(json.dumps(out))
 """
-
-
-class InventoryError(Exception):
-    """The environment cannot be inspected."""
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,13 @@ from pathlib import Path
 
 from license_expression import ExpressionError, get_spdx_licensing
 
+from slm_policy.errors import PolicyError
+
 # Copyleft and source-available families: never on the allow list, only per-package exceptions.
 DENIED_FAMILIES = re.compile(
     r"^(A?GPL|LGPL|SSPL|BUSL|BSL|CC-BY-NC|CC-BY-SA|CC-BY-ND|Elastic|EUPL|OSL|CDDL|EPL|MS-RL|"
     r"CPAL|RPL|Sleepycat|Commons-Clause)", re.IGNORECASE)
 LICENSING = get_spdx_licensing()
-
-
-class PolicyError(Exception):
-    """The policy file is missing or invalid."""
 
 
 def normalise_name(name: str) -> str:

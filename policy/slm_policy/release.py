@@ -20,12 +20,10 @@ from slm.errors import SignatureError
 from slm.model_file import sha256_of
 from slm.signature import ArtefactVerifier, Signer, Verified, bundle_path_for, first_line
 
+from slm_policy.errors import ReleaseError
+
 SIGNING_POLICY = Path(__file__).resolve().parents[1] / "signing.toml"
 MANIFEST_SCHEMA = "service-slm.release/v1"
-
-
-class ReleaseError(Exception):
-    """The release cannot be signed or checked (broken input, policy or trust config)."""
 
 
 @dataclass(frozen=True)
