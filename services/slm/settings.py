@@ -40,6 +40,34 @@ class OmpWaitPolicy(enum.StrEnum):
     DEFAULT = "default"
 
 Check = Callable[[Any], str | None]
+Parse = Callable[[str, Any], Any]  # (TOML key, raw value) -> the value, or ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How a ``--flag`` reads its text, when the setting's type alone does not say."""
+
+    type: Callable[[str], Any]
+    metavar: str
+
+
+def _int_or_auto(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
+def _parse_ctx(key: str, value: Any) -> int | str:
+    """``model.ctx``: a token count or ``auto``."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected integer or \"auto\", got {type(value).__name__}")
+
+
+def _parse_upstreams(key: str, value: Any) -> tuple[UpstreamConfig, ...]:
+    return parse_upstreams(value)
+
+
+def _parse_adapters(key: str, value: Any) -> tuple[AdapterConfig, ...]:
+    return parse_adapters(value)
 
 
 def _at_least(low: float) -> Check:
@@ -63,11 +91,16 @@ def _setting(
     cli: bool = True,
     secret: bool = False,
     key: str | None = None,
+    parse: Parse | None = None,
+    flag: Flag | None = None,
 ) -> Any:
     """Declare one setting: its TOML section (and key, when not the field's name), default,
-    help, validator and CLI exposure (the flag is always ``--field-name``)."""
+    help, validator and CLI exposure (the flag is always ``--field-name``). ``parse`` turns
+    a value of the file or a flag into the setting's own when its type alone cannot (the
+    default parse checks the value against the field's type); ``flag`` is how its
+    ``--flag`` reads the command line when that differs from the type."""
     meta = {"section": section, "help": help, "check": check, "cli": cli, "secret": secret,
-            "key": key}
+            "key": key, "parse": parse, "flag": flag}
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: copy.copy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -120,6 +153,7 @@ class Settings:
         "`memory.budget_mb` (the planner decides).",
         check=lambda v: None if v == "auto" or (isinstance(v, int) and v >= 16)
         else "must be at least 16 or \"auto\"",
+        parse=_parse_ctx, flag=Flag(_int_or_auto, "INTEGER|auto"),
     )
     # [engine]
     threads: int = _setting(
@@ -201,11 +235,13 @@ class Settings:
         "`first_byte_timeout_s` (60), `total_timeout_s` (300), `max_retries` (2), "
         "`breaker_failures` (5), `breaker_cooldown_s` (30), `fallback` (upstream names or "
         "`A`). Tier C hosts not listed here are never contacted.", cli=False, key="*",
+        parse=_parse_upstreams,
     )
     adapters: tuple[AdapterConfig, ...] = _setting(
         "adapter", (), "LoRA adapters, one `[[adapter]]` table each: `name`, `file` (GGUF), "
         "`sha256` (of the file), `base_sha256` (the model it applies to), `scale` (1.0). "
         "Requests pick one as `model:name`.", cli=False, key="*",
+        parse=_parse_adapters,
     )
     # [sanitise]
     sanitise_entities: list[str] = _setting(
@@ -355,12 +391,16 @@ def _type_name(kind: type) -> str:
             dict: "table", tuple: "array of tables"}[kind]
 
 
-def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
-    """Check a TOML value's type; ints are accepted where floats are expected."""
+def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
+    """A value of the file or a flag as the setting's: its own parse function, else a
+    check against the field's type (ints are accepted where floats are expected)."""
+    key = _toml_key(f)
+    kind, optional = _base_type(f.name)
     if value is None and optional:
         return None
-    if value == "auto" and key == "model.ctx":
-        return value
+    parse: Parse | None = f.metadata["parse"]
+    if parse is not None:
+        return parse(key, value)
     if issubclass(kind, enum.Enum) and isinstance(value, str):
         try:
             return kind(value)
@@ -370,8 +410,6 @@ def _coerce(key: str, kind: type, optional: bool, value: Any) -> Any:
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is tuple:
-        return parse_adapters(value) if key == "[[adapter]]" else parse_upstreams(value)
     if kind is list and ok and not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{key}: expected a list of strings")
     if kind is dict and ok and not all(isinstance(v, str) for v in value.values()):
@@ -427,8 +465,7 @@ def load_settings(
         if f.name not in values:
             continue
         key = _toml_key(f)
-        kind, optional = _base_type(f.name)
-        value = _coerce(key, kind, optional, values[f.name])
+        value = _coerce(f, values[f.name])
         check = f.metadata["check"]
         problem = check(value) if check and value is not None else None
         if problem:
@@ -476,16 +513,13 @@ def add_flags(parser: argparse.ArgumentParser, only_section: str | None = None) 
         elif issubclass(kind, enum.Enum):
             parser.add_argument(flag, dest=f.name, default=None, help=help_text,
                                 choices=[m.value for m in kind])
-        elif f.name == "ctx":
-            parser.add_argument(flag, dest=f.name, type=_int_or_auto, default=None,
-                                help=help_text, metavar="INTEGER|auto")
+        elif f.metadata["flag"] is not None:
+            reads: Flag = f.metadata["flag"]
+            parser.add_argument(flag, dest=f.name, type=reads.type, default=None,
+                                help=help_text, metavar=reads.metavar)
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
                                 metavar=_type_name(kind).upper())
-
-
-def _int_or_auto(text: str) -> int | str:
-    return text if text == "auto" else int(text)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
