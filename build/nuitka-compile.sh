@@ -57,7 +57,7 @@ cp "$MODEL" "$OUT/share/slm/.model.tmp" && mv "$OUT/share/slm/.model.tmp" "$OUT/
 TOOLS="$TOOLS" "$SHIP_PY" - "$OUT/bin/slm" "$took" "$MODEL" "${FLAGS[@]}" <<'PY'
 import json, os, platform, sys
 from pathlib import Path
-from slm.model_file import sha256_of
+from slm.model.file import sha256_of
 binary, took, model, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 def sha(path):
     return sha256_of(Path(path))

@@ -2,7 +2,7 @@
 
 import sys
 
-from slm.cli import main
+from slm.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

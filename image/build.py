@@ -37,8 +37,8 @@ from pathlib import Path
 
 from image_errors import ImageBuildError, SigningSetupError
 from payload_signing import ImageSigning
-from slm.model_file import sha256_of
-from slm.signature import bundle_path_for
+from slm.model.file import sha256_of
+from slm.model.signature import bundle_path_for
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SRC = ROOT / "image"

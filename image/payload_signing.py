@@ -23,7 +23,7 @@ from pathlib import Path
 
 from image_errors import SigningSetupError
 from slm.errors import SignatureError
-from slm.signature import ArtefactVerifier, Signer, bundle_path_for, file_list
+from slm.model.signature import ArtefactVerifier, Signer, bundle_path_for, file_list
 from slm_policy.release import ReleaseError, load_signer, sign
 
 TRUST_DIR = "/usr/lib/slm/trust"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slm.breaker import BreakerState, CircuitBreaker
+from slm.upstream.breaker import BreakerState, CircuitBreaker
 
 
 class Clock:
@@ -66,7 +66,7 @@ def test_a_probe_without_verdict_releases_its_slot_at_once():
 
 def test_retry_after_forms():
     import httpx
-    from slm.upstream import retry_after_seconds
+    from slm.upstream.client import retry_after_seconds
 
     assert retry_after_seconds(httpx.Headers({"retry-after": "1.5"})) == 1.5
     assert retry_after_seconds(httpx.Headers({"retry-after-ms": "250",

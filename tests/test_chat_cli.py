@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import SLM, TINY_ID, run_slm
-from slm.model_file import default_model_path
+from slm.model.file import default_model_path
 
 STATS = re.compile(rb"\[(\d+) prompt(?: \(\d+ cached\))? \+ (\d+) completion tokens, (\w+)\]")
 

@@ -5,7 +5,7 @@ The tiny F32 model cannot catch quantised-kernel crashes; this one can.
 
 import httpx
 import pytest
-from slm.model_file import DEFAULT_MODEL_SHA256
+from slm.model.file import DEFAULT_MODEL_SHA256
 
 pytestmark = pytest.mark.default_model
 

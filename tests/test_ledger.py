@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_slm
-from slm.ledger import FIELDS, AuditRecord, Ledger, record_hash
-from slm.ledger_audit import verify
+from slm.audit.ledger import FIELDS, AuditRecord, Ledger, record_hash
+from slm.audit.verify_export import verify
 
 
 def entry(i: int) -> AuditRecord:
@@ -263,7 +263,7 @@ def test_paths_with_uri_characters_open_the_right_file(tmp_path):
 
 
 def test_csv_export_neutralises_formulas():
-    from slm.ledger_audit import _csv_safe
+    from slm.audit.verify_export import _csv_safe
 
     assert _csv_safe("=HYPERLINK(1)") == "'=HYPERLINK(1)"
     assert _csv_safe("@cmd") == "'@cmd" and _csv_safe("chat") == "chat" and _csv_safe(5) == 5

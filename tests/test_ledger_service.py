@@ -13,7 +13,7 @@ import time
 
 import httpx
 from conftest import EOG_BIAS, SLM, TINY_ID, Server, free_port
-from slm.ledger_audit import verify
+from slm.audit.verify_export import verify
 
 MARKER = "zebra-unicorn-7731"
 

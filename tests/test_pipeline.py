@@ -12,12 +12,12 @@ import pytest
 from slm.api.audit import Auditor, audit_record
 from slm.api.context import RequestContext
 from slm.api.pipeline import HandOverRule, sanitise, serve
+from slm.audit.ledger import FIELDS, AuditRecord, Ledger
 from slm.errors import ContextLengthExceeded, InvalidRequest, QueueFull, UpstreamError
-from slm.ledger import FIELDS, AuditRecord, Ledger
-from slm.metrics import Metrics
-from slm.router import LocalTarget
+from slm.ops.metrics import Metrics
 from slm.sanitise.detectors import Detector
 from slm.tiers import Tier
+from slm.upstream.router import LocalTarget
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 from conftest import TINY_ID, free_port, run_slm
-from slm.gguf_meta import read_gguf
-from slm.model_file import default_model_path
-from slm.planner import MB, MIB, kv_cache_bytes, largest_context, plan
-from slm.settings import Settings
+from slm.config.settings import Settings
+from slm.model.file import default_model_path
+from slm.model.gguf_meta import read_gguf
+from slm.model.planner import MB, MIB, kv_cache_bytes, largest_context, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 _CALLBACKS: list = []

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 from conftest import TINY_ID
-from slm.prompt_cache import PromptCache
-from slm.serve import prompt_cache_bytes
-from slm.settings import load_settings
+from slm.config.settings import load_settings
+from slm.server.startup import prompt_cache_bytes
+from slm.tier_a.prompt_cache import PromptCache
 from tiny_model import write_tiny_model
 
 SYSTEM_A = "the cat is red and the dog is blue " * 40

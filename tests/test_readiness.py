@@ -2,10 +2,10 @@
 
 from conftest import TINY_ID
 from slm.api.app import create_app
-from slm.ledger import Ledger
-from slm.model_file import open_model_file
-from slm.service import Doorman
-from slm.settings import Settings
+from slm.audit.ledger import Ledger
+from slm.config.settings import Settings
+from slm.model.file import open_model_file
+from slm.server.state import Doorman
 from starlette.testclient import TestClient
 
 

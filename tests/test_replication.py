@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import TINY_ID, free_port, run_slm
-from slm.ledger_audit import verify
+from slm.audit.verify_export import verify
 
 BIN = Path(sys.executable).parent
 
@@ -173,7 +173,7 @@ def test_a_crashed_litestream_is_restarted(start_server, tiny_model, tmp_path):
 
 
 def test_file_replica_with_a_host_is_refused(tmp_path):
-    from slm.replication import Replica, ReplicationError
+    from slm.audit.replication import Replica, ReplicationError
 
     with pytest.raises(ReplicationError, match="names host"):
         Replica("file://backups/ledger").litestream_entry()

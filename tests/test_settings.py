@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
+from slm.config.settings import Settings, load_api_keys, load_settings, settings_doc
 from slm.errors import ConfigError
-from slm.settings import Settings, load_api_keys, load_settings, settings_doc
 
 
 def write(tmp_path: Path, text: str) -> Path:

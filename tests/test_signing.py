@@ -21,7 +21,7 @@ import pytest
 from conftest import run_slm
 from sigstore_stack import SigstoreStack
 from slm.errors import SignatureError
-from slm.signature import ArtefactVerifier, Signer, bundle_path_for, file_list
+from slm.model.signature import ArtefactVerifier, Signer, bundle_path_for, file_list
 from slm_policy.release import sign, verify
 
 SIGSTORE_CLI = str(Path(sys.executable).with_name("sigstore"))

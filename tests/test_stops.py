@@ -1,6 +1,6 @@
 """Stop-sequence matching on text that arrives in pieces."""
 
-from slm.stops import StopMatcher
+from slm.tier_a.stops import StopMatcher
 
 
 def feed_all(stops, pieces):

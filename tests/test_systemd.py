@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import EOG_BIAS, TINY_ID, Server
-from slm.logs import journal_field
+from slm.ops.logs import journal_field
 
 
 class NotifySocket:
@@ -174,7 +174,7 @@ def test_journal_field_names():
 def test_journal_format_without_a_journal_falls_back_to_text(capfd):
     import logging
 
-    from slm.logs import JournalHandler
+    from slm.ops.logs import JournalHandler
 
     handler = JournalHandler()
     handler._send = lambda *a, **k: (_ for _ in ()).throw(OSError("no journal socket"))

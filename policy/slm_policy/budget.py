@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from slm.planner import MB, plan
+from slm.model.planner import MB, plan
 
 POLICY = Path(__file__).resolve().parents[1] / "budget.toml"
 
@@ -144,12 +144,12 @@ def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int 
             # requests queued behind each other outlast the default 300 s deadline (504)
             "--request-timeout-s", "3600",
             # what the planner predicts is the model's footprint; the prompt cache is
-            # carved out of the headroom the plan leaves (slm.serve.prompt_cache_bytes)
+            # carved out of the headroom the plan leaves (slm.server.startup.prompt_cache_bytes)
             "--prompt-cache-memory-mb", "0"]
     if model is not None:
         args += ["--model", str(model), "--model-id", "m"]
     cgroup = Cgroup()
-    from slm.model_file import default_model_path
+    from slm.model.file import default_model_path
 
     _evict_from_page_cache(model or default_model_path())
     # The child joins the cgroup before it execs: everything it maps is charged there.
@@ -208,7 +208,7 @@ def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int 
 
 def calibrate(model: Path | None = None, ctx: int = 512) -> float:
     """The runtime baseline: measured peak minus the planned model parts, at a small context."""
-    from slm.model_file import default_model_path
+    from slm.model.file import default_model_path
 
     measured = measure(model, ctx)["peak_rss"] or 0
     parts = plan(model or default_model_path(), n_ctx=ctx, baseline_mb=0).total
@@ -219,7 +219,7 @@ def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
              configured_ctx: int, kv_type: str = "f16") -> tuple[bool, list[dict]]:
     """Measure each context; the gate fails on any over-budget peak at the configured
     context or any prediction off by more than the tolerance."""
-    from slm.model_file import default_model_path
+    from slm.model.file import default_model_path
 
     path = model or default_model_path()
     rows, ok = [], True

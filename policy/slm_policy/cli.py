@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from slm.planner import KvType
+from slm.model.planner import KvType
 
 from slm_policy.errors import GateError
 from slm_policy.inventory import (

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slm.errors import SignatureError
-from slm.model_file import sha256_of
-from slm.signature import ArtefactVerifier, Signer, Verified, bundle_path_for, first_line
+from slm.model.file import sha256_of
+from slm.model.signature import ArtefactVerifier, Signer, Verified, bundle_path_for, first_line
 
 from slm_policy.errors import ReleaseError
 

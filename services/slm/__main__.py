@@ -1,5 +1,5 @@
 """Allow ``python -m slm``."""
 
-from slm.cli import main
+from slm.cli.main import main
 
 raise SystemExit(main())

@@ -50,7 +50,7 @@ if OMP == "default":
 else:
     os.environ["OMP_WAIT_POLICY"] = OMP.upper()
 
-from slm.model_file import DEFAULT_MODEL_SHA256, open_model_file  # noqa: E402
+from slm.model.file import DEFAULT_MODEL_SHA256, open_model_file  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -134,7 +134,7 @@ def run_llama_cpp_python(model: Path) -> dict[str, float]:
 
 def run_engine(model: Path) -> dict[str, float]:
     """Our engine in-process: same loop as the server, without HTTP."""
-    from slm.engine import Engine, SamplingParams, quiet_llama_logs
+    from slm.tier_a.engine import Engine, SamplingParams, quiet_llama_logs
 
     quiet_llama_logs()
     engine = Engine(open_model_file(model, None), n_ctx=2048, n_threads=THREADS, n_batch=512)
@@ -348,7 +348,7 @@ def main() -> int:
 
 
 def _rendered_prompt(model: Path) -> str:
-    from slm.engine import Engine, quiet_llama_logs
+    from slm.tier_a.engine import Engine, quiet_llama_logs
 
     quiet_llama_logs()
     engine = Engine(open_model_file(model, None), n_ctx=256, n_threads=1, n_batch=64)
@@ -359,7 +359,7 @@ def _rendered_prompt(model: Path) -> str:
 
 
 def prompt_depth(model: Path) -> int:
-    from slm.engine import Engine, quiet_llama_logs
+    from slm.tier_a.engine import Engine, quiet_llama_logs
 
     quiet_llama_logs()
     engine = Engine(open_model_file(model, None), n_ctx=256, n_threads=1, n_batch=64)
@@ -370,7 +370,7 @@ def prompt_depth(model: Path) -> int:
 
 
 def eog_ids_for(model: Path) -> list[int]:
-    from slm.engine import Engine, quiet_llama_logs
+    from slm.tier_a.engine import Engine, quiet_llama_logs
 
     quiet_llama_logs()
     engine = Engine(open_model_file(model, None), n_ctx=64, n_threads=1, n_batch=64)

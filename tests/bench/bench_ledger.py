@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from slm.ledger import AuditRecord, Ledger
-from slm.replication import Replica, Replicator
+from slm.audit.ledger import AuditRecord, Ledger
+from slm.audit.replication import Replica, Replicator
 
 N_SEQUENTIAL = 300
 N_THREADS, N_PER_THREAD = 16, 100

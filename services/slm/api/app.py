@@ -42,9 +42,9 @@ from slm.errors import (
     LedgerUnavailable,
     RequestError,
 )
-from slm.router import LocalTarget, RemoteTarget, Target
-from slm.service import Doorman
-from slm.systemd_notify import Watchdog, watchdog_interval_s
+from slm.ops.systemd import Watchdog, watchdog_interval_s
+from slm.server.state import Doorman
+from slm.upstream.router import LocalTarget, RemoteTarget, Target
 
 log = logging.getLogger("slm.api")
 

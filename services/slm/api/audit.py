@@ -12,9 +12,9 @@ import asyncio
 import time
 
 from slm.api.context import RequestContext
+from slm.audit.ledger import AuditRecord, Ledger, LedgerError
 from slm.errors import LedgerUnavailable
-from slm.ledger import AuditRecord, Ledger, LedgerError
-from slm.metrics import Metrics
+from slm.ops.metrics import Metrics
 
 # Endpoints whose every request leaves a record in the audit ledger.
 AUDITED = frozenset({"chat", "completions", "embeddings", "documents", "documents_delete"})

@@ -16,8 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from slm.router import LocalTarget, Target
 from slm.tiers import Tier
+from slm.upstream.router import LocalTarget, Target
 
 
 @dataclasses.dataclass(kw_only=True)

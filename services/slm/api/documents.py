@@ -22,7 +22,7 @@ from slm.documents.isolated import extract_isolated
 from slm.documents.store import Citation, Document, make_chunks, select_context
 from slm.errors import ContextLengthExceeded, InvalidRequest
 from slm.sanitise.vault import Vault
-from slm.service import Doorman
+from slm.server.state import Doorman
 
 MULTIPART_OVERHEAD = 64 * 1024
 ANSWER_RESERVE_TOKENS = 512  # room kept for the answer when max_tokens is not given

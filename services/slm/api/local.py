@@ -16,10 +16,10 @@ from slm.api.audit import Auditor
 from slm.api.context import RequestContext, log_request
 from slm.api.replies import SSE_DONE, SSE_HEADERS, Reply, embeddings_list, error_event, sse
 from slm.api.streaming import JobStreamingResponse, next_event
-from slm.engine import Engine, GenerationResult, SamplingParams
 from slm.errors import ContextLengthExceeded, InvalidRequest, LedgerUnavailable
-from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler, TextEvent
-from slm.service import Doorman
+from slm.server.state import Doorman
+from slm.tier_a.engine import Engine, GenerationResult, SamplingParams
+from slm.tier_a.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler, TextEvent
 
 
 def context_check(engine: Engine, prompt: list[int], max_tokens: int | None) -> int:

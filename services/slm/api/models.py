@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from slm.api.context import RequestContext
 from slm.errors import NotFound
-from slm.service import Doorman
+from slm.server.state import Doorman
 
 
 def check_model(doorman: Doorman, name: str) -> None:

@@ -21,11 +21,11 @@ from slm.errors import (
     RequestError,
     UpstreamError,
 )
-from slm.metrics import Metrics
-from slm.router import Target
+from slm.ops.metrics import Metrics
 from slm.sanitise.detectors import Detector
 from slm.sanitise.payload import redact_request
 from slm.sanitise.vault import Vault
+from slm.upstream.router import Target
 
 log = logging.getLogger("slm.api")
 

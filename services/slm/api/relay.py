@@ -21,9 +21,9 @@ from slm.api.pipeline import Sanitised
 from slm.api.replies import SSE_DONE, SSE_HEADERS, error_event, error_text, sse
 from slm.api.streaming import RelayStreamingResponse, unless_disconnected
 from slm.errors import LedgerUnavailable, UpstreamError
-from slm.router import RemoteTarget, Router
 from slm.sanitise.payload import StreamedResponseRehydrator, rehydrate_response
 from slm.sanitise.vault import Vault
+from slm.upstream.router import RemoteTarget, Router
 
 log = logging.getLogger("slm.api")
 

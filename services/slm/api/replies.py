@@ -8,8 +8,8 @@ from typing import Any
 
 from slm import __version__
 from slm.api.errors import error_body
-from slm.engine import GenerationResult
 from slm.errors import RequestError
+from slm.tier_a.engine import GenerationResult
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DONE = b"data: [DONE]\n\n"

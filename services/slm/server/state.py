@@ -15,9 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
-from slm.adapters import Adapter, AdapterRegistry
+from slm.audit.ledger import Ledger
+from slm.config.settings import Settings, environment_threads
 from slm.documents.store import DocumentStore
-from slm.engine import Engine, GenerationResult
 from slm.errors import (
     LedgerUnavailable,
     MemoryBudgetExceeded,
@@ -25,14 +25,14 @@ from slm.errors import (
     ShuttingDown,
     SlmError,
 )
-from slm.ledger import Ledger
-from slm.metrics import Metrics
-from slm.model_file import ModelFile
-from slm.prompt_cache import PromptCache
-from slm.router import Router
-from slm.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
-from slm.settings import Settings, environment_threads
-from slm.systemd_notify import notify_status, notify_stopping
+from slm.model.file import ModelFile
+from slm.ops.metrics import Metrics
+from slm.ops.systemd import notify_status, notify_stopping
+from slm.tier_a.adapters import Adapter, AdapterRegistry
+from slm.tier_a.engine import Engine, GenerationResult
+from slm.tier_a.prompt_cache import PromptCache
+from slm.tier_a.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
+from slm.upstream.router import Router
 
 log = logging.getLogger("slm.service")
 _PAGE = os.sysconf("SC_PAGE_SIZE")

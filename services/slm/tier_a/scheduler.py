@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm.engine import Engine, GenerationResult, Interrupted, SamplingParams
 from slm.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -28,6 +27,7 @@ from slm.errors import (
     RequestError,
     ShuttingDown,
 )
+from slm.tier_a.engine import Engine, GenerationResult, Interrupted, SamplingParams
 
 log = logging.getLogger("slm.scheduler")
 

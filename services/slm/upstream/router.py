@@ -20,16 +20,16 @@ from typing import Any, ClassVar
 
 import httpx
 
+from slm.config.settings import Settings
 from slm.errors import (
     ConfigError,
     NotFound,
     UpstreamError,
     UpstreamNotAllowed,
 )
-from slm.metrics import Metrics
-from slm.settings import Settings
+from slm.ops.metrics import Metrics
 from slm.tiers import Tier
-from slm.upstream import Upstream
+from slm.upstream.client import Upstream
 
 log = logging.getLogger("slm.router")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from slm.chat_client import Answer, DoormanClient
+from slm.cli.chat_client import Answer, DoormanClient
 from slm.errors import ClientError, ConfigError
 
 HELP = """commands:
@@ -193,7 +193,7 @@ def _doorman(url: str, model_file: Path | None, ledger: Path | None) -> Iterator
     if model_file is None:
         yield url
         return
-    from slm.private_doorman import private_doorman
+    from slm.cli.private_doorman import private_doorman
 
     with private_doorman(model_file, ledger) as base:
         yield base

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from slm.errors import ClientError
-from slm.self_exec import slm_command
+from slm.ops.self_exec import slm_command
 
 PR_SET_PDEATHSIG = 1
 

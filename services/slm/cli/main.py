@@ -17,11 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slm import __version__
-from slm.documents.extract import DocumentKind
-from slm.errors import ConfigError, SignatureError, SlmError
-from slm.ledger import LedgerError
-from slm.planner import KvType
-from slm.settings import (
+from slm.audit.ledger import LedgerError
+from slm.config.settings import (
     Settings,
     add_flags,
     flag_overrides,
@@ -29,9 +26,12 @@ from slm.settings import (
     load_settings,
     settings_doc,
 )
+from slm.documents.extract import DocumentKind
+from slm.errors import ConfigError, SignatureError, SlmError
+from slm.model.planner import KvType
 
 if TYPE_CHECKING:
-    from slm.replication import Replica
+    from slm.audit.replication import Replica
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,13 +161,13 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, flag_overrides(args))
     api_keys = load_api_keys(settings)
-    from slm.serve import serve
+    from slm.server.startup import serve
 
     return serve(settings, api_keys)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from slm.serve import check_signatures, model_path
+    from slm.server.startup import check_signatures, model_path
 
     settings = load_settings(args.config, flag_overrides(args))
     if not settings.trusted_root:
@@ -178,7 +178,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _replica(settings: Settings, url: str | None) -> Replica:
-    from slm.replication import Replica
+    from slm.audit.replication import Replica
 
     url = url or settings.replica
     if not url:
@@ -188,7 +188,7 @@ def _replica(settings: Settings, url: str | None) -> Replica:
 
 
 def _ledger(args: argparse.Namespace) -> int:
-    from slm import ledger_audit
+    from slm.audit import verify_export
 
     if args.action == "verify":
         expect = None
@@ -197,7 +197,7 @@ def _ledger(args: argparse.Namespace) -> int:
             if not count.isdigit() or len(head) != 64:
                 raise ConfigError("--expect takes COUNT:HASH as logged in 'ledger head' lines")
             expect = (int(count), head)
-        verdict = ledger_audit.verify(args.db, expect)
+        verdict = verify_export.verify(args.db, expect)
         if verdict.ok:
             print(f"ok: {verdict.count} records, head {verdict.head}")
             return 0
@@ -206,17 +206,17 @@ def _ledger(args: argparse.Namespace) -> int:
         return 1
     if args.action == "export":
         try:
-            ledger_audit.export(args.db, args.format, args.since)
+            verify_export.export(args.db, args.format, args.since)
         except BrokenPipeError:  # `| head` closed the pipe: not an error
             sys.stderr.close()
         return 0
     settings = load_settings(args.config, flag_overrides(args))
     if args.action == "replicate":
         return _replicate(settings, check=args.check)
-    from slm.replication import restore
+    from slm.audit.replication import restore
 
     restore(_replica(settings, args.replica), args.out)
-    verdict = ledger_audit.verify(args.out)
+    verdict = verify_export.verify(args.out)
     print(f"restored {args.out}: {verdict.count} records, head {verdict.head}"
           + ("" if verdict.ok else f"; chain broken at record {verdict.broken_id}"))
     return 0 if verdict.ok else 1
@@ -227,8 +227,8 @@ def _replicate(settings: Settings, *, check: bool) -> int:
     import signal
     import threading
 
-    from slm.logs import setup_logging
-    from slm.replication import Replicator
+    from slm.audit.replication import Replicator
+    from slm.ops.logs import setup_logging
 
     wanted = bool(settings.replica) and not settings.replicate_in_service
     if check:
@@ -255,9 +255,9 @@ def _positive(text: str) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from slm.gguf_meta import read_gguf
-    from slm.model_file import default_model_path
-    from slm.planner import largest_context, mib, plan
+    from slm.model.file import default_model_path
+    from slm.model.gguf_meta import read_gguf
+    from slm.model.planner import largest_context, mib, plan
 
     path = args.model or default_model_path()
     info = read_gguf(path)
@@ -310,7 +310,7 @@ def _sanitise(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from slm.chat_cli import run_chat
+    from slm.cli.chat import run_chat
 
     return run_chat(args.url, model=args.model, model_file=args.model_file,
                     ledger=args.ledger, api_key_file=args.api_key_file, system=args.system,
@@ -322,8 +322,8 @@ def _chat(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     import mimetypes
 
-    from slm.chat_cli import api_key
-    from slm.chat_client import DoormanClient
+    from slm.cli.chat import api_key
+    from slm.cli.chat_client import DoormanClient
 
     try:
         data = args.file.read_bytes()

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slm.adapter_config import AdapterConfig
+from slm.config.adapters import AdapterConfig
 from slm.errors import InvalidRequest, ModelError, NotFound, SignatureError
-from slm.gguf_meta import read_gguf
-from slm.model_file import check_gguf_header, sha256_of
+from slm.model.file import check_gguf_header, sha256_of
+from slm.model.gguf_meta import read_gguf
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from slm.ledger import FIELDS, GENESIS_HASH, LedgerError, connect, record_hash
+from slm.audit.ledger import FIELDS, GENESIS_HASH, LedgerError, connect, record_hash
 
 EXPORT_FIELDS = (*FIELDS, "hash")
 

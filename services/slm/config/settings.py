@@ -22,12 +22,12 @@ from typing import Any
 
 import msgspec
 
-from slm.adapter_config import AdapterConfig, parse_adapters
+from slm.config.adapters import AdapterConfig, parse_adapters
+from slm.config.upstreams import UpstreamConfig, parse_upstreams
 from slm.errors import ConfigError
-from slm.logs import LogFormat
-from slm.planner import KvType
+from slm.model.planner import KvType
+from slm.ops.logs import LogFormat
 from slm.sanitise.detectors import ENTITY_TYPES, Detector, DetectorError
-from slm.upstream_config import UpstreamConfig, parse_upstreams
 
 DEFAULT_CONFIG_PATH = Path("/etc/slm/slm.toml")
 

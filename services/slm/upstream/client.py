@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from slm.breaker import CircuitBreaker
+from slm.config.upstreams import UpstreamConfig
 from slm.errors import (
     UpstreamError,
     UpstreamNotAllowed,
@@ -31,7 +31,7 @@ from slm.errors import (
     UpstreamUnavailable,
 )
 from slm.tiers import Tier
-from slm.upstream_config import UpstreamConfig
+from slm.upstream.breaker import CircuitBreaker
 
 log = logging.getLogger("slm.upstream")
 

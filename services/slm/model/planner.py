@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from slm.errors import ModelError
-from slm.gguf_meta import GGUFInfo, read_gguf
+from slm.model.gguf_meta import GGUFInfo, read_gguf
 
 MIB = 1024 * 1024
 MB = 1000 * 1000  # budgets are in MB (the appliance's "550 MB"); breakdowns print MiB

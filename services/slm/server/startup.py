@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from slm import __version__
+from slm.config.settings import OmpWaitPolicy, Settings
 from slm.errors import ConfigError, SignatureError, SlmError
-from slm.settings import OmpWaitPolicy, Settings
 
 if TYPE_CHECKING:
-    from slm.signature import Verified
+    from slm.model.signature import Verified
 
 log = logging.getLogger("slm.serve")
 
@@ -67,8 +67,8 @@ def _set_omp_wait_policy(policy: OmpWaitPolicy) -> None:
 def plan_context(settings: Settings, model: Path) -> int:
     """The context to serve: the configured one if its planned footprint fits the memory
     budget (ConfigError naming the largest that fits if not), or that largest for "auto"."""
-    from slm.gguf_meta import read_gguf
-    from slm.planner import MB, largest_context, mib, plan
+    from slm.model.gguf_meta import read_gguf
+    from slm.model.planner import MB, largest_context, mib, plan
 
     budget = settings.memory_budget_mb
     info = read_gguf(model)  # parsed once for every plan below
@@ -100,7 +100,7 @@ def plan_context(settings: Settings, model: Path) -> int:
 def prompt_cache_bytes(settings: Settings, model: Path, n_ctx: int) -> int:
     """The prompt cache's memory: ``prompt_cache.memory_mb``, but never more than the
     memory budget leaves beside the model's planned footprint at ``n_ctx``."""
-    from slm.planner import MB, plan
+    from slm.model.planner import MB, plan
 
     wanted = int(settings.prompt_cache_memory_mb * MB)
     if wanted <= 0:
@@ -115,7 +115,7 @@ def prompt_cache_bytes(settings: Settings, model: Path, n_ctx: int) -> int:
 
 def model_path(settings: Settings) -> Path:
     """The model file the settings name (the embedded default when none)."""
-    from slm.model_file import resolve_model_path
+    from slm.model.file import resolve_model_path
 
     return resolve_model_path(settings.model)
 
@@ -123,7 +123,7 @@ def model_path(settings: Settings) -> Path:
 def check_signatures(settings: Settings, model: Path) -> list[Verified]:
     """The start-up admission under ``[signing]``: the signed file list (the binary), the
     model, then the adapters made for it; SignatureError (exit 3) on the first refused."""
-    from slm.signature import Signer, check_at_start
+    from slm.model.signature import Signer, check_at_start
 
     assert settings.trusted_root and settings.signer_identity and settings.signer_issuer
     return check_at_start(
@@ -139,7 +139,7 @@ def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]
     never imports sigstore and its dependencies (~45 MB that would stay resident)."""
     import json
 
-    from slm.signature import Verified, first_line
+    from slm.model.signature import Verified, first_line
 
     read_end, write_end = os.pipe()
     try:
@@ -183,14 +183,14 @@ def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]
 
 def serve(settings: Settings, api_keys: list[str]) -> int:
     """Run the Doorman until SIGTERM/SIGINT; the process exit code."""
-    from slm.logs import setup_logging
+    from slm.ops.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     _set_omp_wait_policy(settings.omp_wait_policy)
 
-    from slm.ledger import Ledger
-    from slm.model_file import open_model_file
-    from slm.replication import Replica, Replicator
+    from slm.audit.ledger import Ledger
+    from slm.audit.replication import Replica, Replicator
+    from slm.model.file import open_model_file
 
     verified_model = None
     verified: dict[Path, str] | None = None
@@ -209,7 +209,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     if verified_model and model_file.sha256 != verified_model.sha256:
         raise SignatureError(f"{model_file.path} changed after its signature was verified "
                              f"(sha256 {model_file.sha256}, verified {verified_model.sha256})")
-    from slm.adapters import open_adapters
+    from slm.tier_a.adapters import open_adapters
 
     adapters = open_adapters(settings.adapters, model_file.sha256, verified)
     n_ctx = plan_context(settings, model_file.path)
@@ -231,9 +231,9 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
                   if replica and settings.replicate_in_service else None)
 
     from slm.api.app import create_app
-    from slm.engine import quiet_llama_logs
-    from slm.service import Doorman
-    from slm.systemd_notify import notify_ready
+    from slm.ops.systemd import notify_ready
+    from slm.server.state import Doorman
+    from slm.tier_a.engine import quiet_llama_logs
 
     quiet_llama_logs()
     doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx, adapters=adapters,

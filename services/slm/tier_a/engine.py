@@ -24,12 +24,12 @@ from enum import StrEnum
 
 import llama_cpp as C
 
-from slm.chat_template import ChatTemplate
 from slm.errors import EngineError, InvalidRequest, ModelError, Unsupported
-from slm.model_file import ModelFile
-from slm.planner import KvType
-from slm.prompt_cache import PromptCache
-from slm.stops import StopMatcher
+from slm.model.file import ModelFile
+from slm.model.planner import KvType
+from slm.tier_a.chat_template import ChatTemplate
+from slm.tier_a.prompt_cache import PromptCache
+from slm.tier_a.stops import StopMatcher
 
 BAN_BIAS = -1e9  # what logit_bias -100 ("ban") becomes
 RESTORE_MIN_GAIN = 16  # tokens a snapshot must save over the live prefix to be restored

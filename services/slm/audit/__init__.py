@@ -1,0 +1,2 @@
+"""The audit ledger: the append-only hash-chained SQLite file, its read-only
+verify/export tools, Litestream replication."""

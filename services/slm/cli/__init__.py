@@ -1,0 +1,1 @@
+"""The command line: ``slm`` and its subcommands, the ``slm chat`` client."""

@@ -1,0 +1,2 @@
+"""Configuration: the settings table (TOML, environment, flags) and the
+[[upstream]] and [[adapter]] tables."""
