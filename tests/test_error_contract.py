@@ -8,9 +8,19 @@ import inspect
 import sys
 from pathlib import Path
 
+import pytest
 import slm.errors
+import slm.tier_a.errors
 import slm_policy.errors
-from slm.errors import SlmError
+from slm.api.errors import as_request_error
+from slm.errors import RequestError, SlmError
+from slm.tier_a.errors import (
+    AdapterMismatch,
+    AdapterNotFound,
+    InputRejected,
+    NotSupportedByModel,
+    TierAError,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "image"))
 import image_errors  # noqa: E402
@@ -24,7 +34,8 @@ def _errors(module) -> list[type]:
 
 
 def test_every_error_of_the_gates_and_the_image_build_is_an_slm_error():
-    classes = _errors(slm_policy.errors) + _errors(image_errors) + _errors(slm.errors)
+    classes = (_errors(slm_policy.errors) + _errors(image_errors) + _errors(slm.errors)
+               + _errors(slm.tier_a.errors))
     assert len(classes) > 10
     assert [c.__name__ for c in classes if not issubclass(c, SlmError)] == []
 
@@ -42,3 +53,31 @@ def test_a_release_errors_hint_survives_as_the_image_builds_error(tmp_path, monk
         assert exc.one_line() == "no signer named 'nobody' (see policy/signing.toml)"
     else:
         raise AssertionError("from_env accepted an unknown signer")
+
+
+TIER_A_REFUSALS = [  # what tier A refuses, and what the client sees of it
+    (InputRejected("the chat template rejected the messages", param="messages"),
+     400, "invalid_request_error", None),
+    (NotSupportedByModel("no pooling", param="model", feature="embeddings_not_supported"),
+     400, "invalid_request_error", "embeddings_not_supported"),
+    (NotSupportedByModel("grammar", param="response_format"),
+     400, "invalid_request_error", "unsupported"),
+    (AdapterNotFound("no adapter 'x'", param="model"), 404, "invalid_request_error",
+     "model_not_found"),
+    (AdapterMismatch("made for another model", param="model"), 400,
+     "invalid_request_error", "adapter_base_mismatch"),
+]
+
+
+def test_the_engine_raises_no_http_shaped_error():
+    tier_a = _errors(slm.tier_a.errors)
+    assert [c.__name__ for c in tier_a if issubclass(c, RequestError)] == []
+    assert {type(e) for e, *_ in TIER_A_REFUSALS} == {c for c in tier_a if c is not TierAError}
+
+
+@pytest.mark.parametrize(("refusal", "status", "type_", "code"), TIER_A_REFUSALS,
+                         ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None)
+def test_the_api_edge_renders_each_tier_a_refusal(refusal, status, type_, code):
+    rendered = as_request_error(refusal)
+    assert (rendered.status, rendered.type, rendered.code) == (status, type_, code)
+    assert (rendered.message, rendered.param) == (refusal.message, refusal.param)

@@ -59,7 +59,8 @@ def vocabulary() -> tuple[list[str], list[float], list[int]]:
 
 
 def write_tiny_model(
-    path: Path, *, seed: int = 1234, pooling: bool = False, license: str = "mit"
+    path: Path, *, seed: int = 1234, pooling: bool = False, license: str = "mit",
+    chat_template: str = CHATML,
 ) -> Path:
     """Write the tiny model to ``path`` (deterministic for a given seed) and return it."""
     rng = np.random.default_rng(seed)
@@ -90,7 +91,7 @@ def write_tiny_model(
     writer.add_unk_token_id(0)
     writer.add_eot_token_id(tokens.index("<|im_end|>"))
     writer.add_add_bos_token(True)
-    writer.add_chat_template(CHATML)
+    writer.add_chat_template(chat_template)
 
     def tensor(name: str, *shape: int, scale: float = 0.2) -> None:
         writer.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))

@@ -29,7 +29,7 @@ from slm.api import schemas
 from slm.api.audit import Auditor
 from slm.api.context import RequestContext, log_request
 from slm.api.documents import DocumentRoutes, cite
-from slm.api.errors import error_response, http_error_response
+from slm.api.errors import as_request_error, error_response, http_error_response
 from slm.api.local import LocalTier
 from slm.api.models import ModelRoutes, check_model
 from slm.api.pipeline import HandOverRule, Sanitised, sanitise, serve
@@ -44,6 +44,7 @@ from slm.errors import (
 )
 from slm.ops.systemd import Watchdog, watchdog_interval_s
 from slm.server.state import Doorman
+from slm.tier_a.errors import TierAError
 from slm.upstream.router import LocalTarget, RemoteTarget, Target
 
 log = logging.getLogger("slm.api")
@@ -127,7 +128,8 @@ class DoormanAPI:
                 status = 499
                 auditor.client_gone(ctx)
                 return Response(status_code=499)
-            except RequestError as exc:
+            except (RequestError, TierAError) as raised:
+                exc = as_request_error(raised)
                 status = exc.status
                 if not isinstance(exc, LedgerUnavailable):
                     auditor.commit_nowait(ctx, exc.status, exc.code)

@@ -1,12 +1,27 @@
-"""Render every failure in OpenAI's error shape, from one place."""
+"""Render every failure in OpenAI's error shape, from one place; tier A's refusals
+become request errors here, at the edge."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 from starlette.responses import JSONResponse
 
-from slm.errors import QueueFull, RequestError, UpstreamRateLimited
+from slm.errors import (
+    InvalidRequest,
+    NotFound,
+    QueueFull,
+    RequestError,
+    Unsupported,
+    UpstreamRateLimited,
+)
+from slm.tier_a.errors import AdapterMismatch, AdapterNotFound, NotSupportedByModel, TierAError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _HTTP_STATUS_TYPES = {
     400: "invalid_request_error",
@@ -19,6 +34,32 @@ _HTTP_STATUS_TYPES = {
     503: "unavailable_error",
     504: "timeout_error",
 }
+
+
+def as_request_error(exc: RequestError | TierAError) -> RequestError:
+    """The request error (status, type, code) a client sees for ``exc``."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, NotSupportedByModel):
+        return Unsupported(exc.message, param=exc.param, code=exc.feature)
+    if isinstance(exc, AdapterNotFound):
+        return NotFound(exc.message, param=exc.param, code="model_not_found")
+    if isinstance(exc, AdapterMismatch):
+        return InvalidRequest(exc.message, param=exc.param, code="adapter_base_mismatch")
+    return InvalidRequest(exc.message, param=exc.param)
+
+
+def tier_a_edge(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """``call`` with tier A's refusals raised as request errors."""
+
+    @functools.wraps(call)
+    async def edge(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except TierAError as exc:
+            raise as_request_error(exc) from None
+
+    return edge
 
 
 def error_body(

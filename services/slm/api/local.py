@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from slm.api import schemas
 from slm.api.audit import Auditor
 from slm.api.context import RequestContext, log_request
+from slm.api.errors import as_request_error, tier_a_edge
 from slm.api.replies import SSE_DONE, SSE_HEADERS, Reply, embeddings_list, error_event, sse
 from slm.api.streaming import JobStreamingResponse, next_event
 from slm.errors import ContextLengthExceeded, InvalidRequest, LedgerUnavailable
@@ -64,6 +65,7 @@ class LocalTier:
             logit_bias=schemas.logit_bias(req.logit_bias, engine.n_vocab),
         )
 
+    @tier_a_edge
     async def chat(
         self, ctx: RequestContext, req: schemas.ChatCompletionRequest,
         messages: list[dict[str, str]],
@@ -86,6 +88,7 @@ class LocalTier:
             params = dataclasses.replace(params, snapshot=False)
         return await self._run(ctx, req, prompt, params, chat=True)
 
+    @tier_a_edge
     async def completion(self, ctx: RequestContext, req: schemas.CompletionRequest) -> Response:
         schemas.check_sampling(req)
         if req.echo:
@@ -106,6 +109,7 @@ class LocalTier:
         params = self._sampling(engine, req, max_tokens, None)
         return await self._run(ctx, req, prompt, params, chat=False)
 
+    @tier_a_edge
     async def embeddings(self, ctx: RequestContext, req: schemas.EmbeddingRequest) -> Response:
         engine, scheduler = self.d.require_engine()
         if not engine.info.supports_embeddings:
@@ -161,7 +165,7 @@ class LocalTier:
         finally:
             disconnected.cancel()
         if isinstance(first, ErrorEvent):
-            raise first.error
+            raise as_request_error(first.error)
         return first
 
     async def _run(
@@ -201,7 +205,7 @@ class LocalTier:
         finally:
             disconnected.cancel()
         if isinstance(event, ErrorEvent):
-            raise event.error
+            raise as_request_error(event.error)
         assert isinstance(event, DoneEvent)
         result: GenerationResult = event.result
         ctx.note_finish(result.completion_tokens, result.finish_reason)
@@ -241,7 +245,7 @@ class LocalTier:
                     yield SSE_DONE
                     return
             assert isinstance(event, ErrorEvent)
-            err = event.error
+            err = as_request_error(event.error)
             ctx.extra_log["error"] = err.code
             if not isinstance(err, LedgerUnavailable):
                 self.auditor.commit_nowait(ctx, err.status, err.code)

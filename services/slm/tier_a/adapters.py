@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from slm.config.adapters import AdapterConfig
-from slm.errors import InvalidRequest, ModelError, NotFound, SignatureError
+from slm.errors import ModelError, SignatureError
 from slm.model.file import check_gguf_header, sha256_of
 from slm.model.gguf_meta import read_gguf
+from slm.tier_a.errors import AdapterMismatch, AdapterNotFound
 
 
 @dataclass(frozen=True)
@@ -95,20 +96,20 @@ class AdapterRegistry:
         return model.startswith(self.model_id + ":")
 
     def select(self, model: str) -> str | None:
-        """The adapter a request's ``model`` asks for (None for the plain model); 404 for
-        an unknown adapter, 400 for one made for another base model."""
+        """The adapter a request's ``model`` asks for (None for the plain model);
+        AdapterNotFound for an unknown adapter, AdapterMismatch for one made for another
+        base model."""
         if model == self.model_id:
             return None
         name = model[len(self.model_id) + 1:]
         adapter = self._by_name.get(name)
         if adapter is None:
             known = ", ".join(repr(a) for a in self.model_ids()) or "none"
-            raise NotFound(f"model {model!r}: no adapter {name!r} (adapters for this model: "
-                           f"{known})", param="model", code="model_not_found")
+            raise AdapterNotFound(f"model {model!r}: no adapter {name!r} (adapters for this "
+                                  f"model: {known})", param="model")
         if not adapter.usable:
-            raise InvalidRequest(
+            raise AdapterMismatch(
                 f"adapter {name!r} was made for the base model with sha256 "
                 f"{adapter.config.base_sha256[:12]}…, not for {self.model_id!r} "
-                f"(sha256 {self.model_sha256[:12]}…)", param="model",
-                code="adapter_base_mismatch")
+                f"(sha256 {self.model_sha256[:12]}…)", param="model")
         return name

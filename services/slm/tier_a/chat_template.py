@@ -13,7 +13,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from slm.errors import InvalidRequest, ModelError
+from slm.errors import ModelError
+from slm.tier_a.errors import InputRejected
 
 # Used when a model carries no template (llama.cpp's server does the same).
 CHATML_TEMPLATE = (
@@ -63,6 +64,6 @@ class ChatTemplate:
             )
         except jinja2.TemplateError as exc:
             # Templates reject e.g. a wrong role order with raise_exception(...).
-            raise InvalidRequest(
+            raise InputRejected(
                 f"the model's chat template rejected the messages: {exc}", param="messages"
             ) from None

@@ -24,10 +24,11 @@ from enum import StrEnum
 
 import llama_cpp as C
 
-from slm.errors import EngineError, InvalidRequest, ModelError, Unsupported
+from slm.errors import EngineError, ModelError
 from slm.model.file import ModelFile
 from slm.model.planner import KvType
 from slm.tier_a.chat_template import ChatTemplate
+from slm.tier_a.errors import InputRejected, NotSupportedByModel
 from slm.tier_a.prompt_cache import PromptCache
 from slm.tier_a.stops import StopMatcher
 
@@ -294,7 +295,7 @@ class Engine:
             start = rendered.find(content, cursor) if content else -1
             if start < 0:
                 if any(sp in content for sp in self._special_texts):
-                    raise InvalidRequest(
+                    raise InputRejected(
                         "a message contains special-token text that the chat template "
                         "rewrites; it cannot be kept as plain text", param="messages",
                     )
@@ -449,8 +450,9 @@ class Engine:
             )
             if not grammar:
                 C.llama_sampler_free(chain)
-                raise Unsupported("the grammar for response_format could not be compiled",
-                                  param="response_format")
+                raise NotSupportedByModel(
+                    "the grammar for response_format could not be compiled",
+                    param="response_format")
             C.llama_sampler_chain_add(chain, grammar)
         if params.temperature <= 0:
             C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
@@ -464,11 +466,12 @@ class Engine:
         return chain
 
     def check_grammar(self, grammar: str) -> None:
-        """Raise Unsupported if llama.cpp cannot compile ``grammar`` (call before queueing)."""
+        """Raise NotSupportedByModel if llama.cpp cannot compile ``grammar`` (call before
+        queueing)."""
         sampler = C.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
         if not sampler:
-            raise Unsupported("the grammar for response_format could not be compiled",
-                              param="response_format")
+            raise NotSupportedByModel("the grammar for response_format could not be compiled",
+                                      param="response_format")
         C.llama_sampler_free(sampler)
 
     def generate(
@@ -560,9 +563,9 @@ class Engine:
         """The pooled, L2-normalised embedding of ``tokens`` (embedding models only)."""
         ctx = self._embed_ctx
         if ctx is None:
-            raise Unsupported(
+            raise NotSupportedByModel(
                 "this model does not produce embeddings (no pooling in its GGUF metadata)",
-                param="model", code="embeddings_not_supported",
+                param="model", feature="embeddings_not_supported",
             )
         C.llama_memory_clear(C.llama_get_memory(ctx), True)
         batch = C.llama_batch_init(len(tokens), 0, 1)

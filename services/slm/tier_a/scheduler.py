@@ -28,6 +28,7 @@ from slm.errors import (
     ShuttingDown,
 )
 from slm.tier_a.engine import Engine, GenerationResult, Interrupted, SamplingParams
+from slm.tier_a.errors import TierAError
 
 log = logging.getLogger("slm.scheduler")
 
@@ -48,9 +49,10 @@ class DoneEvent:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """The job failed; ``error`` is what the client should see."""
+    """The job failed: ``error`` is the request's fate (cancelled, late, refused at
+    shutdown) or what tier A refused of its input; the API edge renders either."""
 
-    error: RequestError
+    error: RequestError | TierAError
 
 
 Event = TextEvent | DoneEvent | ErrorEvent
@@ -211,7 +213,7 @@ class Scheduler:
             event: Event = DoneEvent(self._work(job))
         except Interrupted:
             event = ErrorEvent(job.interruption())
-        except RequestError as exc:
+        except (RequestError, TierAError) as exc:
             event = ErrorEvent(exc)
         except Exception:  # noqa: BLE001 - the worker must survive any engine failure
             log.exception("engine failure", extra={"request_id": job.request_id})
