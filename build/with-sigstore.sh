@@ -6,7 +6,7 @@
 #   SLM_IDENTITY_TOKEN_FILE  an OIDC token (unset: $SIGSTORE_ID_TOKEN or the CI's ambient one)
 # A release CI with OIDC sets SLM_SIGNER=release and SLM_TRUSTED_ROOT (public Sigstore's
 # root, pinned) and the command runs as is. Otherwise the local Sigstore test stack
-# (tests/sigstore_stack.py: Fulcio-, Rekor- and TSA-like services on 127.0.0.1 only) runs
+# (slm_policy/sigstore_stack.py: Fulcio-, Rekor- and TSA-like services on 127.0.0.1 only) runs
 # for the command's duration; its keys stay in build/out/sigstore-local, so what it signed
 # keeps verifying in later runs.
 set -euo pipefail
@@ -17,7 +17,7 @@ if [ -n "${SLM_SIGNER:-}" ] && [ "$SLM_SIGNER" != local ]; then
 fi
 DIR="$ROOT/build/out/sigstore-local"
 mkdir -p "$DIR"
-"$ROOT/.venv/bin/python" "$ROOT/tests/sigstore_stack.py" serve --dir "$DIR" \
+"$ROOT/.venv/bin/python" -m slm_policy.sigstore_stack serve --dir "$DIR" \
   > "$DIR/stack.log" 2>&1 &
 stack=$!
 trap 'kill "$stack" 2>/dev/null || true; wait "$stack" 2>/dev/null || true' EXIT

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from slm.sanitise.detectors import ENTITY_TYPES, Detector
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared corpus
-from pii_corpus import CORPUS, score_corpus  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: support.pii_corpus
+from support.pii_corpus import CORPUS, score_corpus  # noqa: E402
 
 ANCHOR = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 TARGET_BYTES = 2_000_000

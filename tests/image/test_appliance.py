@@ -207,7 +207,7 @@ def test_document_ingest_in_the_guest(vm, host):
     judges the service's own peak. (A cited answer needs a few hundred
     prompt tokens: minutes under TCG, past the request deadline; the suite checks it
     against the binary on the host, `just test-binary`.)"""
-    import document_files
+    import support.document_files as document_files
 
     pdf = document_files.pdf([["Appliance notes."],
                               ["Mail ops@example.com when the kiln overheats."]])

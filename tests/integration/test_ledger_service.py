@@ -12,8 +12,8 @@ import threading
 import time
 
 import httpx
-from conftest import EOG_BIAS, SLM, TINY_ID, Server, free_port
 from slm.audit.verify_export import verify
+from support.server import EOG_BIAS, SLM, TINY_ID, Server, free_port
 
 MARKER = "zebra-unicorn-7731"
 
@@ -180,6 +180,6 @@ def test_a_corrupt_ledger_stops_the_start_with_one_line(tmp_path, tiny_model):
     ledger.write_bytes(b"this is no database" * 200)
     r = run_slm("serve", "--model", str(tiny_model), "--port", str(free_port()),
                 "--ledger-path", str(ledger))
-    assert r.returncode == 2  # like every unreadable ledger (see slm.cli)
+    assert r.returncode == 2  # like every unreadable ledger (see slm.cli.main)
     assert "ledger" in r.stderr and r.stderr.count("\n") == 1
     assert ledger.read_bytes() == b"this is no database" * 200  # left as it was

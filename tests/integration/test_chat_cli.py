@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SLM, TINY_ID, run_slm
 from slm.model.file import default_model_path
+from support.server import SLM, TINY_ID, run_slm
 
 STATS = re.compile(rb"\[(\d+) prompt(?: \(\d+ cached\))? \+ (\d+) completion tokens, (\w+)\]")
 

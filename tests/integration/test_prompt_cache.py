@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import httpx
-from conftest import TINY_ID
 from slm.config.settings import load_settings
 from slm.server.startup import prompt_cache_bytes
 from slm.tier_a.prompt_cache import PromptCache
-from tiny_model import write_tiny_model
+from support.server import TINY_ID
+from support.tiny_model import write_tiny_model
 
 SYSTEM_A = "the cat is red and the dog is blue " * 40
 SYSTEM_B = "water fire earth air one two three " * 40
@@ -145,7 +145,7 @@ def test_the_cache_takes_only_what_the_budget_leaves(tiny_model: Path, tmp_path)
 
 def test_a_changed_adapter_under_the_same_name_does_not_reuse_snapshots(
         start_server, tiny_model, tmp_path):
-    from tiny_model import write_tiny_lora
+    from support.tiny_model import write_tiny_lora
 
     directory = tmp_path / "prompt-cache"
 

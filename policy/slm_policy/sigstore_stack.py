@@ -1,11 +1,11 @@
-"""An offline Sigstore stack for tests: Fulcio-, Rekor (v1)- and TSA-like services on loopback.
+"""An offline Sigstore stack for local releases and tests: Fulcio-, Rekor (v1)- and TSA-like services on loopback.
 
-Test-only, never shipped. The unmodified ``sigstore`` client signs keylessly against it
+Never shipped, never trusted by a production appliance (its root is local). The unmodified ``sigstore`` client signs keylessly against it
 (``sigstore --trust-config trust_config.json sign --identity-token ...``) and the bundles it
 produces verify offline against ``trusted_root.json`` alone. Per stack, fresh ECDSA P-256 keys
 for the CA, the CT log, the transparency log and the OIDC issuer; the TSA is ``openssl ts``.
 
-For CI and the Justfile: ``python tests/sigstore_stack.py serve --dir DIR`` writes
+For CI and the Justfile: ``python -m slm_policy.sigstore_stack serve --dir DIR`` (build/with-sigstore.sh) writes
 DIR/{trust_config.json,trusted_root.json,token,url}, prints "ready" and serves until
 SIGTERM/SIGINT. Its keys derive from DIR/seed (made once), so every run has the same trust
 root and what an earlier run signed keeps verifying.

@@ -3,7 +3,7 @@
 import math
 
 import httpx
-from conftest import TINY_ID
+from support.server import TINY_ID
 
 
 def test_embeddings_are_normalised_and_deterministic(start_server, tiny_embed_model):

@@ -16,7 +16,7 @@ from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
 from sigstore.oidc import IdentityToken
 from sigstore.sign import SigningContext
 from sigstore.verify import Verifier, policy
-from sigstore_stack import SigstoreStack
+from slm_policy.sigstore_stack import SigstoreStack
 
 SIGSTORE = Path(sys.executable).with_name("sigstore")  # the venv's stock CLI
 

@@ -7,7 +7,6 @@ import json
 from collections import Counter
 
 import pytest
-from pii_corpus import CORPUS, score_corpus
 from slm.errors import SlmError
 from slm.sanitise.detectors import (
     ENTITY_TYPES,
@@ -19,6 +18,7 @@ from slm.sanitise.detectors import (
     validate_luhn,
     validate_ssn,
 )
+from support.pii_corpus import CORPUS, score_corpus
 
 JWT_IO = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9l"
           "IiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")

@@ -6,10 +6,9 @@ stays past its time-to-live."""
 import json
 import time
 
-import document_files as files
 import httpx
 import pytest
-from conftest import TINY_ID, run_slm
+import support.document_files as files
 from slm.documents.extract import Section
 from slm.documents.store import (
     CONTEXT_PREAMBLE,
@@ -18,6 +17,7 @@ from slm.documents.store import (
     make_chunks,
     select_context,
 )
+from support.server import TINY_ID, run_slm
 
 EMAIL = "alice.martin@example.com"
 PDF = "application/pdf"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TINY_ID, free_port, run_slm
 from slm.audit.verify_export import verify
+from support.server import TINY_ID, free_port, run_slm
 
 BIN = Path(sys.executable).parent
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import run_slm
-from sigstore_stack import SigstoreStack
 from slm.errors import SignatureError
 from slm.model.signature import ArtefactVerifier, Signer, bundle_path_for, file_list
 from slm_policy.release import sign, verify
+from slm_policy.sigstore_stack import SigstoreStack
+from support.server import run_slm
 
 SIGSTORE_CLI = str(Path(sys.executable).with_name("sigstore"))
 GATE = [sys.executable, "-m", "slm_policy.cli"]
@@ -343,8 +343,8 @@ def test_the_service_never_imports_sigstore(stack: SigstoreStack, signed_model: 
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from slm.settings import Settings\n"
-        "from slm.serve import check_signatures_in_child\n"
+        "from slm.config.settings import Settings\n"
+        "from slm.server.startup import check_signatures_in_child\n"
         f"s = Settings(trusted_root={str(stack.trusted_root_path)!r}, "
         f"signer_identity={stack.identity!r}, signer_issuer={stack.issuer!r})\n"
         f"done = check_signatures_in_child(s, Path({str(signed_model)!r}))\n"
@@ -402,7 +402,7 @@ def test_adapters_go_through_the_same_admission(start_server, stack: SigstoreSta
     and without its bundle `slm serve` refuses to start (exit 3)."""
     import hashlib
 
-    from tiny_model import write_tiny_lora
+    from support.tiny_model import write_tiny_lora
 
     lora = write_tiny_lora(tmp_path / "pirate.gguf")
     sign([lora], trust_config=stack.trust_config_path, token_file=token_file)

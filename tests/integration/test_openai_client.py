@@ -2,7 +2,7 @@
 
 import openai
 import pytest
-from conftest import EOG_BIAS, TINY_ID
+from support.server import EOG_BIAS, TINY_ID
 
 
 @pytest.fixture

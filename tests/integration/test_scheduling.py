@@ -5,7 +5,7 @@ import threading
 import time
 
 import httpx
-from conftest import EOG_BIAS, TINY_ID
+from support.server import EOG_BIAS, TINY_ID
 
 USER = [{"role": "user", "content": "hello"}]
 LONG = {"model": TINY_ID, "messages": USER, "max_tokens": 4000, "logit_bias": EOG_BIAS}

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import EOG_BIAS, TINY_ID
+from support.server import EOG_BIAS, TINY_ID
 
 USER = [{"role": "user", "content": "hello world"}]
 

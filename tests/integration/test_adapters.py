@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TINY_ID, run_slm
-from tiny_model import write_tiny_lora
+from support.server import TINY_ID, run_slm
+from support.tiny_model import write_tiny_lora
 
 OTHER_BASE = "2" * 64
 

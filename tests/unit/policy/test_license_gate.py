@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tiny_model import write_tiny_model
+from support.tiny_model import write_tiny_model
 
 GATE = [sys.executable, "-m", "slm_policy.cli", "licenses"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EOG_BIAS, TINY_ID, free_port
-from upstream_server import Upstream
+from support.server import EOG_BIAS, TINY_ID, free_port
+from support.upstream_server import Upstream
 
 EMAIL, CARD = "alice@example.com", "4111 1111 1111 1111"
 SECRET_TEXT = f"Mail {EMAIL} about card {CARD} today."

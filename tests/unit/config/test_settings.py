@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from slm.config.settings import Settings, load_api_keys, load_settings, settings_doc
 from slm.errors import ConfigError
+from support.paths import ROOT
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -90,5 +91,5 @@ def test_doc_lists_every_setting():
 
 
 def test_readme_settings_table_is_current():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert settings_doc() in readme, "run `slm config doc` and paste it into the README"

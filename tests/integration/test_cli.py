@@ -6,7 +6,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import SLM, free_port, run_slm
+from support.server import SLM, free_port, run_slm
 
 
 def serve(*args, timeout=60):

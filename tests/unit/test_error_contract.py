@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-from pathlib import Path
 
 import pytest
 import slm.errors
@@ -21,8 +20,9 @@ from slm.tier_a.errors import (
     NotSupportedByModel,
     TierAError,
 )
+from support.paths import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "image"))
+sys.path.insert(0, str(ROOT / "image"))
 import image_errors  # noqa: E402
 import payload_signing  # noqa: E402
 from slm_policy.release import ReleaseError  # noqa: E402

@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import run_slm
 from slm.audit.ledger import FIELDS, AuditRecord, Ledger, record_hash
 from slm.audit.verify_export import verify
+from support.server import run_slm
 
 
 def entry(i: int) -> AuditRecord:

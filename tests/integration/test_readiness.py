@@ -1,12 +1,12 @@
 """Liveness is not readiness: /ready is 503 until the model is loaded and warm."""
 
-from conftest import TINY_ID
 from slm.api.app import create_app
 from slm.audit.ledger import Ledger
 from slm.config.settings import Settings
 from slm.model.file import open_model_file
 from slm.server.state import Doorman
 from starlette.testclient import TestClient
+from support.server import TINY_ID
 
 
 def test_ready_is_503_until_loaded_then_200(tiny_model, tmp_path):

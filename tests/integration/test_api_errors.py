@@ -2,8 +2,8 @@
 
 import httpx
 import pytest
-from conftest import TINY_ID
-from tiny_model import write_tiny_model
+from support.server import TINY_ID
+from support.tiny_model import write_tiny_model
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -147,7 +147,7 @@ def test_max_completion_tokens_below_one_is_400(client, value):
 
 
 def test_bias_against_every_token_a_grammar_allows_does_not_kill_the_server(client):
-    from tiny_model import vocabulary
+    from support.tiny_model import vocabulary
 
     tokens = vocabulary()[0]
     opening = {str(i): -100 for i, t in enumerate(tokens)

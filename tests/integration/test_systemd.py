@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import EOG_BIAS, TINY_ID, Server
 from slm.ops.logs import journal_field
+from support.paths import ROOT
+from support.server import EOG_BIAS, TINY_ID, Server
 
 
 class NotifySocket:
@@ -185,7 +186,7 @@ def test_journal_format_without_a_journal_falls_back_to_text(capfd):
     assert capfd.readouterr().err.count("INFO slm.test: hello") == 2
 
 
-UNITS = Path(__file__).parents[1] / "image" / "systemd"
+UNITS = ROOT / "image" / "systemd"
 
 
 @pytest.mark.parametrize("name", ["slm.service", "slm-litestream.service"])
