@@ -174,7 +174,7 @@ def test_kill_9_under_load_loses_no_acknowledged_record(start_server, tiny_model
 
 
 def test_a_corrupt_ledger_stops_the_start_with_one_line(tmp_path, tiny_model):
-    from conftest import run_slm
+    from support.server import run_slm
 
     ledger = tmp_path / "ledger.db"
     ledger.write_bytes(b"this is no database" * 200)

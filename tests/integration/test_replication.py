@@ -62,7 +62,7 @@ def test_file_replica_restores_record_for_record(start_server, tiny_model, tmp_p
 
 def test_companion_unit_mode_replicates_from_its_own_process(start_server, tiny_model,
                                                              tmp_path):
-    from conftest import SLM
+    from support.server import SLM
 
     replica = f"file://{tmp_path / 'replica'}"
     config = tmp_path / "companion.toml"

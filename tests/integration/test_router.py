@@ -381,7 +381,7 @@ def test_overflow_without_tier_b_is_a_context_error(start_server, tiny_model):
     ('[sanitise]\nentities = ["EMAIL", "SHOE_SIZE"]\n', "SHOE_SIZE"),
 ])
 def test_bad_upstream_or_sanitiser_config_exits_2(tmp_path, tiny_model, table, message):
-    from conftest import run_slm
+    from support.server import run_slm
 
     config = tmp_path / "slm.toml"
     config.write_text(table)

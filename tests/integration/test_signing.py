@@ -346,7 +346,7 @@ def test_the_service_never_imports_sigstore(stack: SigstoreStack, signed_model: 
         "from slm.config.settings import Settings\n"
         "from slm.server.startup import check_signatures_in_child\n"
         f"s = Settings(trusted_root={str(stack.trusted_root_path)!r}, "
-        f"signer_identity={stack.identity!r}, signer_issuer={stack.issuer!r})\n"
+        f"signing_identity={stack.identity!r}, signing_issuer={stack.issuer!r})\n"
         f"done = check_signatures_in_child(s, Path({str(signed_model)!r}))\n"
         "assert len(done) == 1 and done[0].sha256, done\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -23,9 +23,9 @@ class AdapterConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """One LoRA adapter, as written in an ``[[adapter]]`` table."""
 
     name: str
-    file: str
-    sha256: str
-    base_sha256: str
+    file: Annotated[str, msgspec.Meta(description="GGUF")]
+    sha256: Annotated[str, msgspec.Meta(description="of the file")]
+    base_sha256: Annotated[str, msgspec.Meta(description="the model it applies to")]
     scale: float = 1.0
 
 

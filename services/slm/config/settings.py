@@ -57,8 +57,10 @@ def _int_or_auto(text: str) -> int | str:
 
 def _parse_ctx(key: str, value: Any) -> int | str:
     """``model.ctx``: a token count or ``auto``."""
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if value == "auto":
+        return "auto"
     raise ConfigError(f"{key}: expected integer or \"auto\", got {type(value).__name__}")
 
 
@@ -90,17 +92,24 @@ def _setting(
     check: Check | None = None,
     cli: bool = True,
     secret: bool = False,
-    key: str | None = None,
+    table: type[msgspec.Struct] | None = None,
     parse: Parse | None = None,
     flag: Flag | None = None,
+    old_flags: tuple[str, ...] = (),
+    old_keys: tuple[str, ...] = (),
 ) -> Any:
-    """Declare one setting: its TOML section (and key, when not the field's name), default,
-    help, validator and CLI exposure (the flag is always ``--field-name``). ``parse`` turns
-    a value of the file or a flag into the setting's own when its type alone cannot (the
-    default parse checks the value against the field's type); ``flag`` is how its
-    ``--flag`` reads the command line when that differs from the type."""
+    """Declare one setting: its TOML section, default, help, validator and CLI exposure.
+
+    Names are derived, never written: the TOML key is the field's name without its
+    section's prefix (``memory_budget_mb`` is ``[memory] budget_mb``), the flag is
+    ``--field-name``. ``old_flags`` and ``old_keys`` are names it had before, still
+    accepted. ``table`` makes the setting the whole ``[[section]]`` array of such tables.
+    ``parse`` turns a value of the file or a flag into the setting's own when its type
+    alone cannot (the default parse checks the value against the field's type); ``flag``
+    is how its ``--flag`` reads the command line when that differs from the type."""
     meta = {"section": section, "help": help, "check": check, "cli": cli, "secret": secret,
-            "key": key, "parse": parse, "flag": flag}
+            "table": table, "parse": parse, "flag": flag, "old_flags": old_flags,
+            "old_keys": old_keys}
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: copy.copy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -143,10 +152,12 @@ class Settings:
         "model", None, "GGUF model file; default: the embedded SmolLM2-135M-Instruct Q4_1."
     )
     model_sha256: str | None = _setting(
-        "model", None, "Expected sha256 of the model file (checked before loading)."
+        "model", None, "Expected sha256 of the model file (checked before loading).",
+        old_keys=("model_sha256",),
     )
     model_id: str | None = _setting(
-        "model", None, "Model name clients must send; default: the file name without .gguf."
+        "model", None, "Model name clients must send; default: the file name without .gguf.",
+        old_keys=("model_id",),
     )
     ctx: int | str = _setting(
         "model", 4096, "Context size in tokens, or `auto`: the largest that fits "
@@ -176,24 +187,23 @@ class Settings:
     memory_budget_mb: float = _setting(
         "memory", 550.0, "Peak memory the service may use with its model; the start is "
         "refused if the planned footprint exceeds it, and new work gets 503 at run time.",
-        key="budget_mb", check=_at_least(1),
+        check=_at_least(1),
     )
     memory_baseline_mb: float = _setting(
         "memory", 58.0, "The runtime's own footprint without a model (measured, see "
-        "policy/budget.toml), added by the planner.", key="baseline_mb", check=_at_least(0),
+        "policy/budget.toml), added by the planner.", check=_at_least(0),
     )
     # [ledger]
     ledger_path: str = _setting(
         "ledger", "/var/lib/slm/ledger.db", "The audit ledger (SQLite); created if missing.",
-        key="path",
     )
     ledger_store_prompt: bool = _setting(
         "ledger", False, "Also store the prompt text (as sent to the model) in each record; "
-        "by default only its sha256.", key="store_prompt",
+        "by default only its sha256.",
     )
     ledger_head_log_interval_s: float = _setting(
         "ledger", 60.0, "How often the chain head (count, hash) is written to the log.",
-        key="head_log_interval_s", check=_at_least(0.1),
+        check=_at_least(0.1),
     )
     replica: str | None = _setting(
         "ledger", None, "Litestream replica of the ledger: `file:///path` or "
@@ -219,99 +229,92 @@ class Settings:
         "router", True, "Requests tier A cannot take now (queue full, still loading, over "
         "the memory budget) go to tier B (when one is configured).",
     )
-    upstream_health_interval_s: float = _setting(
+    router_health_interval_s: float = _setting(
         "router", 10.0, "How often upstreams with a `health_path` are probed; an unhealthy "
-        "one is skipped until it answers again.", key="health_interval_s",
-        check=_at_least(0.1),
+        "one is skipped until it answers again.",
+        check=_at_least(0.1), old_flags=("--upstream-health-interval-s",),
     )
     max_retry_after_s: float = _setting(
         "router", 30.0, "Longest upstream `Retry-After` honoured by a retry; longer waits "
         "fail over instead.", check=_at_least(0),
     )
     upstreams: tuple[UpstreamConfig, ...] = _setting(
-        "upstream", (), "Tier B / C upstreams, one `[[upstream]]` table each: `name`, `tier` "
-        "(B or C), `url` (OpenAI base URL), `models` (names clients send), `model` (name "
-        "sent upstream), `key_file`, `health_path`, `connect_timeout_s` (3), "
-        "`first_byte_timeout_s` (60), `total_timeout_s` (300), `max_retries` (2), "
-        "`breaker_failures` (5), `breaker_cooldown_s` (30), `fallback` (upstream names or "
-        "`A`). Tier C hosts not listed here are never contacted.", cli=False, key="*",
+        "upstream", (), "Tier B / C upstreams, one `[[upstream]]` table each. Tier C hosts "
+        "not listed here are never contacted.", cli=False, table=UpstreamConfig,
         parse=_parse_upstreams,
     )
     adapters: tuple[AdapterConfig, ...] = _setting(
-        "adapter", (), "LoRA adapters, one `[[adapter]]` table each: `name`, `file` (GGUF), "
-        "`sha256` (of the file), `base_sha256` (the model it applies to), `scale` (1.0). "
-        "Requests pick one as `model:name`.", cli=False, key="*",
+        "adapter", (), "LoRA adapters, one `[[adapter]]` table each. Requests pick one as "
+        "`model:name`.", cli=False, table=AdapterConfig,
         parse=_parse_adapters,
     )
     # [sanitise]
     sanitise_entities: list[str] = _setting(
         "sanitise", list(ENTITY_TYPES), "Entity types replaced by placeholders before a "
-        "request leaves the box.", key="entities", cli=False,
+        "request leaves the box.", cli=False,
     )
     sanitise_phone_regions: list[str] = _setting(
         "sanitise", ["US", "GB", "DE", "FR"], "Regions whose national phone number formats "
-        "are recognised (international `+` numbers always are).", key="phone_regions",
+        "are recognised (international `+` numbers always are).",
         cli=False,
     )
     sanitise_custom: dict[str, str] = _setting(
         "sanitise", {}, "Extra entity types: `{ NAME = \"regex\" }` (the whole match, or "
-        "its one capturing group, is replaced).", key="custom", cli=False,
+        "its one capturing group, is replaced).", cli=False,
     )
     # [prompt_cache]
     prompt_cache_memory_mb: float = _setting(
         "prompt_cache", 32.0, "KV snapshots of recent prompts kept in memory (0 = off); "
         "never more than the memory budget leaves beside the model's planned footprint.",
-        key="memory_mb", check=_at_least(0),
+        check=_at_least(0),
     )
     prompt_cache_min_tokens: int = _setting(
         "prompt_cache", 64, "Shortest prompt (with its answer) worth a snapshot.",
-        key="min_tokens", check=_at_least(1),
+        check=_at_least(1),
     )
     prompt_cache_dir: str | None = _setting(
         "prompt_cache", None, "Directory keeping snapshots across restarts (entries leaving "
-        "memory, and all at shutdown), one subdirectory per model sha256.", key="dir",
+        "memory, and all at shutdown), one subdirectory per model sha256.",
     )
     prompt_cache_disk_mb: float = _setting(
         "prompt_cache", 256.0, "Most bytes of snapshots kept in `prompt_cache.dir`.",
-        key="disk_mb", check=_at_least(0),
+        check=_at_least(0),
     )
     # [documents]
     documents_enabled: bool = _setting(
         "documents", True, "Accept documents at `POST /v1/documents` for chat context.",
-        key="enabled",
     )
     documents_max_bytes: int = _setting(
         "documents", 10 * 1024 * 1024, "Largest document upload (413 above).",
-        key="max_bytes", check=_at_least(1024),
+        check=_at_least(1024),
     )
     documents_max_chars: int = _setting(
         "documents", 1_000_000, "Most text one document may hold once extracted (413 above).",
-        key="max_chars", check=_at_least(1),
+        check=_at_least(1),
     )
     documents_max_stored_chars: int = _setting(
         "documents", 4_000_000, "Text held for all documents together (429 above); "
-        "documents live in memory only.", key="max_stored_chars", check=_at_least(1),
+        "documents live in memory only.", check=_at_least(1),
     )
     documents_ttl_s: float = _setting(
         "documents", 3600.0, "How long a document is kept after its upload; then it is "
-        "forgotten.", key="ttl_s", check=_at_least(1),
+        "forgotten.", check=_at_least(1),
     )
     documents_chunk_tokens: int = _setting(
-        "documents", 256, "Tokens per chunk of document text.", key="chunk_tokens",
+        "documents", 256, "Tokens per chunk of document text.",
         check=_at_least(16),
     )
     documents_context_tokens: int = _setting(
         "documents", 1536, "Most tokens of document excerpts added to a chat request (less "
-        "when the context has less room).", key="context_tokens", check=_at_least(16),
+        "when the context has less room).", check=_at_least(16),
     )
     documents_extract_timeout_s: float = _setting(
         "documents", 30.0, "Deadline for reading one document (its parser is then killed).",
-        key="extract_timeout_s", check=_at_least(1),
+        check=_at_least(1),
     )
     documents_extract_memory_mb: int = _setting(
         "documents", 384, "Address-space limit of the child process that reads a document "
-        "(one at a time; it is also the first the OOM killer takes).",
-        key="extract_memory_mb", check=_at_least(64),
+        "(one at a time; it is also the first the OOM killer takes).", check=_at_least(64),
     )
     # [signing]
     trusted_root: str | None = _setting(
@@ -319,13 +322,13 @@ class Settings:
         "unless its bundle (`FILE.sigstore.json` beside it) verifies offline against this "
         "root and the signer below: the model at every start, and `signing.file_list`.",
     )
-    signer_identity: str | None = _setting(
+    signing_identity: str | None = _setting(
         "signing", None, "The certificate identity (SAN) every signature must carry.",
-        key="identity",
+        old_flags=("--signer-identity",),
     )
-    signer_issuer: str | None = _setting(
+    signing_issuer: str | None = _setting(
         "signing", None, "The OIDC issuer every signature's certificate must name.",
-        key="issuer",
+        old_flags=("--signer-issuer",),
     )
     file_list: str | None = _setting(
         "signing", None, "A signed list of files and their sha256 (the appliance's unpacked "
@@ -365,11 +368,20 @@ def _fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Settings)
 
 
+def _key(f: dataclasses.Field[Any]) -> str:
+    """A setting's key in its TOML section: the field's name without the section prefix."""
+    return f.name.removeprefix(f.metadata["section"] + "_")
+
+
 def _toml_key(f: dataclasses.Field[Any]) -> str:
-    """``section.key`` of a setting in the TOML file."""
-    if f.metadata["key"] == "*":
+    """``section.key`` of a setting in the TOML file (``[[section]]`` for an array)."""
+    if f.metadata["table"] is not None:
         return f"[[{f.metadata['section']}]]"
-    return f"{f.metadata['section']}.{f.metadata['key'] or f.name}"
+    return f"{f.metadata['section']}.{_key(f)}"
+
+
+def _flag(f: dataclasses.Field[Any]) -> str:
+    return "--" + f.name.replace("_", "-")
 
 
 def _base_type(field_name: str) -> tuple[type, bool]:
@@ -432,7 +444,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     by_section: dict[str, dict[str, dataclasses.Field[Any]]] = {}
     for f in _fields():
-        by_section.setdefault(f.metadata["section"], {})[f.metadata["key"] or f.name] = f
+        keys = ("*",) if f.metadata["table"] is not None else (_key(f), *f.metadata["old_keys"])
+        by_section.setdefault(f.metadata["section"], {}).update(dict.fromkeys(keys, f))
     flat: dict[str, Any] = {}
     for section, table in doc.items():
         if section not in by_section:
@@ -473,7 +486,7 @@ def load_settings(
         checked[f.name] = value
     settings = Settings(**checked)
     settings.detector()  # refuse a bad entity, region or pattern at start
-    if settings.trusted_root and not (settings.signer_identity and settings.signer_issuer):
+    if settings.trusted_root and not (settings.signing_identity and settings.signing_issuer):
         raise ConfigError("signing.trusted_root needs signing.identity and signing.issuer "
                           "(who must have signed)")
     if settings.file_list and not settings.trusted_root:
@@ -505,20 +518,20 @@ def add_flags(parser: argparse.ArgumentParser, only_section: str | None = None) 
         if f.name == "replica" and only_section:  # `ledger restore` has its own --replica
             continue
         kind, _ = _base_type(f.name)
-        flag = "--" + f.name.replace("_", "-")
+        flags = (_flag(f), *f.metadata["old_flags"])
         help_text = f"{f.metadata['help']} [{_toml_key(f)}]"
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         elif issubclass(kind, enum.Enum):
-            parser.add_argument(flag, dest=f.name, default=None, help=help_text,
+            parser.add_argument(*flags, dest=f.name, default=None, help=help_text,
                                 choices=[m.value for m in kind])
         elif f.metadata["flag"] is not None:
             reads: Flag = f.metadata["flag"]
-            parser.add_argument(flag, dest=f.name, type=reads.type, default=None,
+            parser.add_argument(*flags, dest=f.name, type=reads.type, default=None,
                                 help=help_text, metavar=reads.metavar)
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=help_text,
+            parser.add_argument(*flags, dest=f.name, type=kind, default=None, help=help_text,
                                 metavar=_type_name(kind).upper())
 
 
@@ -527,19 +540,45 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name, None) for f in _fields() if f.metadata["cli"]}
 
 
+def table_doc(table: type[msgspec.Struct]) -> str:
+    """The keys of one ``[[section]]`` table, from its type: each with what it holds (its
+    description, its choices), whether it is required, and its default."""
+    hints = typing.get_type_hints(table, include_extras=True)
+    keys = []
+    for f in msgspec.structs.fields(table):
+        hint, notes = hints[f.name], []
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *extras = typing.get_args(hint)
+            notes += [m.description for m in extras
+                      if isinstance(m, msgspec.Meta) and m.description]
+        if typing.get_origin(hint) is typing.Literal:
+            notes.append(" or ".join(str(c) for c in typing.get_args(hint)))
+        if f.required:
+            notes.append("required")
+        elif f.default not in (None, msgspec.NODEFAULT):
+            notes.append(repr(f.default))
+        keys.append(f"`{f.name}`" + (f" ({'; '.join(notes)})" if notes else ""))
+    return ", ".join(keys)
+
+
 def settings_doc() -> str:
     """A Markdown table of every setting, for the README."""
     rows = ["| TOML key | flag | default | meaning |", "|---|---|---|---|"]
     for f in _fields():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        flag = "--" + f.name.replace("_", "-") if f.metadata["cli"] else "(file only)"
+        default: Any = f.default  # a dataclass field has a default or a default factory
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        flag = _flag(f) if f.metadata["cli"] else "(file only)"
         if isinstance(default, tuple):
             default = []
         if isinstance(default, enum.Enum):
             default = default.value
-        rows.append(
-            f"| `{_toml_key(f)}` | `{flag}` | `{default!r}` | {f.metadata['help']} |"
-        )
+        meaning = f.metadata["help"]
+        if f.metadata["table"] is not None:
+            meaning += f" Keys: {table_doc(f.metadata['table'])}."
+        if f.metadata["old_flags"]:
+            flag += "`, `".join(("", *f.metadata["old_flags"]))
+        rows.append(f"| `{_toml_key(f)}` | `{flag}` | `{default!r}` | {meaning} |")
     return "\n".join(rows)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -25,9 +25,9 @@ class UpstreamConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     name: str
     tier: Literal["B", "C"]
-    url: str
-    models: list[str]
-    model: str | None = None
+    url: Annotated[str, msgspec.Meta(description="OpenAI base URL")]
+    models: Annotated[list[str], msgspec.Meta(description="names clients send")]
+    model: Annotated[str | None, msgspec.Meta(description="name sent upstream")] = None
     key_file: str | None = None
     health_path: str | None = None
     connect_timeout_s: float = 3.0
@@ -36,7 +36,7 @@ class UpstreamConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     max_retries: int = 2
     breaker_failures: int = 5
     breaker_cooldown_s: float = 30.0
-    fallback: list[str] = []
+    fallback: Annotated[list[str], msgspec.Meta(description="upstream names or `A`")] = []
 
     @property
     def host(self) -> str:

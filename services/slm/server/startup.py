@@ -72,8 +72,8 @@ def plan_context(settings: Settings, model: Path) -> int:
 
     budget = settings.memory_budget_mb
     info = read_gguf(model)  # parsed once for every plan below
-    common = {"kv_type": settings.kv_type, "n_ubatch": settings.batch,
-              "baseline_mb": settings.memory_baseline_mb, "info": info}
+    common: dict[str, Any] = {"kv_type": settings.kv_type, "n_ubatch": settings.batch,
+                              "baseline_mb": settings.memory_baseline_mb, "info": info}
     if settings.ctx == "auto":
         fits = largest_context(model, budget, **common)
         if fits == 0:
@@ -125,10 +125,10 @@ def check_signatures(settings: Settings, model: Path) -> list[Verified]:
     model, then the adapters made for it; SignatureError (exit 3) on the first refused."""
     from slm.model.signature import Signer, check_at_start
 
-    assert settings.trusted_root and settings.signer_identity and settings.signer_issuer
+    assert settings.trusted_root and settings.signing_identity and settings.signing_issuer
     return check_at_start(
         Path(settings.trusted_root),
-        Signer(identity=settings.signer_identity, issuer=settings.signer_issuer), model,
+        Signer(identity=settings.signing_identity, issuer=settings.signing_issuer), model,
         Path(settings.file_list) if settings.file_list else None,
         adapters_for=lambda sha256: [Path(a.file) for a in settings.adapters
                                      if a.base_sha256 == sha256])
@@ -148,13 +148,14 @@ def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]
         os.close(read_end)
         os.close(write_end)
         raise SignatureError(f"cannot start the signature check: {exc.strerror}") from None
+    report: dict[str, Any] | None  # the child's report (None: it died)
     if pid == 0:  # the child: verify, report one JSON document, and never return
         code = 1
         try:
             os.close(read_end)
             try:
                 done = check_signatures(settings, model)
-                report: dict[str, Any] = {"verified": [
+                report = {"verified": [
                     {**v.__dict__, "path": str(v.path)} for v in done]}
             except SignatureError as exc:
                 report = {"refused": exc.message, "hint": exc.hint}
@@ -243,7 +244,8 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
             create_app(doorman), host=settings.host, port=settings.port, log_config=None,
             access_log=False, lifespan="on", server_header=False,
             # ours ends the requests at shutdown_grace_s; uvicorn's is only a backstop
-            timeout_graceful_shutdown=settings.shutdown_grace_s + 5,
+            # uvicorn annotates int but hands the value to asyncio.timeout (any float)
+            timeout_graceful_shutdown=settings.shutdown_grace_s + 5,  # type: ignore[arg-type]
         )
     )
     server.on_exit_signal = doorman.begin_shutdown

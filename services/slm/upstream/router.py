@@ -85,10 +85,14 @@ class Router:
         self.tier_b = next((u for u in self.upstreams.values() if u.tier is Tier.B), None)
         self._health_task: asyncio.Task[None] | None = None
         for up in self.upstreams.values():
-            metrics.breaker_state.labels(up.name).set_function(
-                lambda up=up: int(up.breaker.state))
-            metrics.upstream_healthy.labels(up.name).set_function(
-                lambda up=up: 1 if up.healthy else 0)
+            def breaker_state(up: Upstream = up) -> int:
+                return int(up.breaker.state)
+
+            def healthy(up: Upstream = up) -> int:
+                return 1 if up.healthy else 0
+
+            metrics.breaker_state.labels(up.name).set_function(breaker_state)
+            metrics.upstream_healthy.labels(up.name).set_function(healthy)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -194,7 +198,7 @@ class Router:
                 if isinstance(outcome, Exception):
                     log.error("health probe failed", exc_info=outcome,
                               extra={"upstream": up.name})
-            await asyncio.sleep(self.settings.upstream_health_interval_s)
+            await asyncio.sleep(self.settings.router_health_interval_s)
 
     async def aclose(self) -> None:
         if self._health_task is not None:
