@@ -20,9 +20,10 @@ serve *ARGS: setup
 test *ARGS: setup
     {{bin}}/pytest {{ARGS}}
 
-# static checks (ruff)
+# static checks (ruff; mypy --strict on the service and the gates, pyproject's [tool.mypy])
 lint: setup
     {{bin}}/ruff check services policy tests image build
+    {{bin}}/mypy services/slm policy/slm_policy
 
 # speed and memory figures: the default model against llama.cpp's llama-bench, the ledger,
 # the sanitiser (precision/recall on the labelled corpus, MB/s), the binary, the prompt

@@ -20,6 +20,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slm.model.planner import MB, plan
 
@@ -115,10 +116,12 @@ def _pss_kb(pid: int) -> int:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def _request(port: int, path: str, body: dict | None = None) -> tuple[int, dict]:
+def _request(port: int, path: str,
+             body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     if body is None:
         conn.request("GET", path)
@@ -216,7 +219,7 @@ def calibrate(model: Path | None = None, ctx: int = 512) -> float:
 
 
 def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
-             configured_ctx: int, kv_type: str = "f16") -> tuple[bool, list[dict]]:
+             configured_ctx: int, kv_type: str = "f16") -> tuple[bool, list[dict[str, Any]]]:
     """Measure each context; the gate fails on any over-budget peak at the configured
     context or any prediction off by more than the tolerance."""
     from slm.model.file import default_model_path

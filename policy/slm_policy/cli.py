@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from slm.model.planner import KvType
 
@@ -39,7 +40,7 @@ def _table(report: Report) -> str:
                      for r in rows)
 
 
-def _write(path: Path, data: dict) -> None:
+def _write(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically: no half-written report is ever left in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

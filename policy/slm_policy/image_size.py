@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from slm_policy.budget import Budget
 from slm_policy.errors import ImageManifestError
 
 
-def load_manifest(path: Path) -> dict:
+def load_manifest(path: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads(path.read_text())
+        manifest: dict[str, Any] = json.loads(path.read_text())
         manifest["sizes"]["raw_bytes"], manifest["sizes"]["compressed_bytes"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ImageManifestError(f"{path}: not an image manifest ({exc})") from None
     return manifest
 
 
-def check(manifest: dict, budget: Budget) -> tuple[list[str], list[str]]:
+def check(manifest: dict[str, Any], budget: Budget) -> tuple[list[str], list[str]]:
     """Returns (report lines, failures): each size against the limit, then the largest
     contents of the root file system."""
     limit = budget.image_size_limit_mb * 1e6

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slm_policy.errors import InventoryError
 
@@ -75,11 +76,12 @@ def python_packages(python: str) -> list[PythonPackage]:
     return sorted(out, key=lambda p: p.name.lower())
 
 
-def _probe(python: str) -> dict:
+def _probe(python: str) -> dict[str, Any]:
     result = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True)
     if result.returncode != 0:
         raise InventoryError(f"cannot inspect {python}: {result.stderr.strip()[-300:]}")
-    return json.loads(result.stdout)
+    probe: dict[str, Any] = json.loads(result.stdout)
+    return probe
 
 
 def unlisted_distributions(python: str, packages: list[PythonPackage]) -> list[str]:

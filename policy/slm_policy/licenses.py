@@ -8,6 +8,7 @@ only as its own entry; AND needs all operands, OR any.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from license_expression import (
     AND,
@@ -49,7 +50,7 @@ class Report:
     def violations(self) -> list[Verdict]:
         return [v for v in self.verdicts if not v.allowed]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"ok": not self.violations, "components": [asdict(v) for v in self.verdicts],
                 "violations": [v.line() for v in self.violations], "warnings": self.warnings}
 

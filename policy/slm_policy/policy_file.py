@@ -6,6 +6,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from license_expression import ExpressionError, get_spdx_licensing
 
@@ -75,7 +76,7 @@ class Policy:
         return None
 
 
-def _table(doc: dict, key: str, path: Path) -> dict[str, str]:
+def _table(doc: dict[str, Any], key: str, path: Path) -> dict[str, str]:
     table = doc.get(key, {})
     if not isinstance(table, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in table.items()
@@ -106,7 +107,7 @@ def _check_expression(text: str, where: str) -> str:
     return normalised
 
 
-def _require(entry: dict, keys: tuple[str, ...], where: str) -> None:
+def _require(entry: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
     missing = [k for k in keys if not entry.get(k)]
     if missing:
         raise PolicyError(f"{where}: missing {', '.join(missing)}")

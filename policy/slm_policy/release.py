@@ -15,6 +15,12 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sigstore.models import ClientTrustConfig
+    from sigstore.oidc import IdentityToken
+    from sigstore.sign import Signer as SigstoreSigner
 
 from slm.errors import SignatureError
 from slm.model.file import sha256_of
@@ -58,7 +64,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
+def _trust_config(path: Path | None) -> ClientTrustConfig:
     from sigstore.models import ClientTrustConfig
 
     if path is None:  # public Sigstore, its trust root through TUF (network)
@@ -77,7 +83,7 @@ def _trust_config(path: Path | None):  # -> sigstore.models.ClientTrustConfig
         raise ReleaseError(f"trust config {path} is not valid: {first_line(exc)}") from None
 
 
-def identity_token(token_file: Path | None):  # -> sigstore.oidc.IdentityToken
+def identity_token(token_file: Path | None) -> IdentityToken:
     """The OIDC token to sign with: a file, ``$SIGSTORE_ID_TOKEN``, or the CI's ambient one."""
     from sigstore.oidc import IdentityError, IdentityToken, detect_credential
 
@@ -111,7 +117,7 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
     token = identity_token(token_file)
     signed: list[Signed] = []
 
-    def sign_one(signer, path: Path) -> Signed:
+    def sign_one(signer: SigstoreSigner, path: Path) -> Signed:
         began = time.perf_counter()
         digest, size = bytes.fromhex(sha256_of(path)), path.stat().st_size
         bundle = signer.sign_artifact(Hashed(algorithm=HashAlgorithm.SHA2_256, digest=digest))
@@ -137,7 +143,7 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
     return signed
 
 
-def _manifest(signed: list[Signed], base: Path) -> dict:
+def _manifest(signed: list[Signed], base: Path) -> dict[str, Any]:
     def rel(path: Path) -> str:
         return os.path.relpath(path.resolve(), base.resolve())
 
@@ -187,10 +193,10 @@ def _verifier(trusted_root: Path | None, signer: Signer) -> ArtefactVerifier:
     if trusted_root is None:
         # public Sigstore: the trust root through TUF (network), cached for later offline use
         from sigstore.errors import Error as SigstoreError
-        from sigstore.models import TrustedRoot
+        from sigstore.models import ClientTrustConfig
 
         try:
-            cached = TrustedRoot.production()
+            cached = ClientTrustConfig.production().trusted_root
         except SigstoreError as exc:
             raise ReleaseError(f"public Sigstore's trusted root: {first_line(exc)} (offline? "
                                "pass --trusted-root)") from None

@@ -1,11 +1,14 @@
-"""An offline Sigstore stack for local releases and tests: Fulcio-, Rekor (v1)- and TSA-like services on loopback.
+"""An offline Sigstore stack for local releases and tests: Fulcio-, Rekor (v1)- and
+TSA-like services on loopback.
 
-Never shipped, never trusted by a production appliance (its root is local). The unmodified ``sigstore`` client signs keylessly against it
+Never shipped, never trusted by a production appliance (its root is local). The
+unmodified ``sigstore`` client signs keylessly against it
 (``sigstore --trust-config trust_config.json sign --identity-token ...``) and the bundles it
 produces verify offline against ``trusted_root.json`` alone. Per stack, fresh ECDSA P-256 keys
 for the CA, the CT log, the transparency log and the OIDC issuer; the TSA is ``openssl ts``.
 
-For CI and the Justfile: ``python -m slm_policy.sigstore_stack serve --dir DIR`` (build/with-sigstore.sh) writes
+For CI and the Justfile (build/with-sigstore.sh):
+``python -m slm_policy.sigstore_stack serve --dir DIR`` writes
 DIR/{trust_config.json,trusted_root.json,token,url}, prints "ready" and serves until
 SIGTERM/SIGINT. Its keys derive from DIR/seed (made once), so every run has the same trust
 root and what an earlier run signed keeps verifying.
@@ -281,6 +284,15 @@ class _Fulcio:
         return cert
 
 
+def _ecdsa_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    """The certificate's key; only ECDSA keys verify here (TypeError, a malformed entry, as
+    verifying with ECDSA would raise for any other key)."""
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise TypeError(f"not an ECDSA key: {type(key).__name__}")
+    return key
+
+
 def _hashedrekord_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Validate a hashedrekord 0.0.1 proposal (signature over the digest) and normalise it."""
     sig_b64 = spec["signature"]["content"]
@@ -290,7 +302,7 @@ def _hashedrekord_spec(spec: dict[str, Any]) -> dict[str, Any]:
         raise HTTPError(400, f"unsupported hash algorithm {algorithm!r}")
     cert = x509.load_pem_x509_certificate(base64.b64decode(cert_b64))
     try:
-        cert.public_key().verify(
+        _ecdsa_key(cert).verify(
             base64.b64decode(sig_b64), bytes.fromhex(value), ec.ECDSA(Prehashed(HASHES[algorithm])))
     except InvalidSignature as exc:
         raise HTTPError(400, "signature does not verify against the artifact digest") from exc
@@ -314,7 +326,7 @@ def _dsse_spec(spec: dict[str, Any]) -> dict[str, Any]:
     for entry in envelope["signatures"]:
         sig = base64.b64decode(entry["sig"])
         for verifier in verifiers:
-            key = x509.load_pem_x509_certificate(base64.b64decode(verifier)).public_key()
+            key = _ecdsa_key(x509.load_pem_x509_certificate(base64.b64decode(verifier)))
             try:
                 key.verify(sig, pae, ec.ECDSA(hashes.SHA256()))
             except InvalidSignature:
@@ -540,9 +552,10 @@ class SigstoreStack:
         self._server = self._thread = None
 
     def _routes(self) -> dict[tuple[str, str], Callable[[Any, bytes], Response]]:
-        routes = {("POST", "/api/v2/signingCert"): self._fulcio.handle,
-                  ("POST", "/api/v1/log/entries"): self._rekor.handle_post,
-                  ("GET", "/api/v1/log"): self._rekor.handle_get}
+        routes: dict[tuple[str, str], Callable[[Any, bytes], Response]] = {
+            ("POST", "/api/v2/signingCert"): self._fulcio.handle,
+            ("POST", "/api/v1/log/entries"): self._rekor.handle_post,
+            ("GET", "/api/v1/log"): self._rekor.handle_get}
         if self._tsa is not None:
             routes["POST", "/api/v1/timestamp"] = self._tsa.handle
         return routes

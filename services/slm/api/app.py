@@ -103,7 +103,8 @@ class DoormanAPI:
             model=self.d.model_id, model_sha256=self.d.model_file.sha256,
         )
 
-    def endpoint(self, name: str, handler: Handler, *, auth: bool = True) -> Handler:
+    def endpoint(self, name: str, handler: Handler, *,
+                 auth: bool = True) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a handler: request context, auth, the ledger record, error rendering,
         metrics and one log line. Inference endpoints answer only once their record is
         durable."""

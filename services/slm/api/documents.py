@@ -6,10 +6,11 @@ system message of numbered excerpts, and its answer names them in ``citations``.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -140,7 +141,8 @@ class DocumentRoutes:
         self.d.documents.delete(doc_id, ctx.api_key_id)
         return JSONResponse({"id": doc_id, "object": "document", "deleted": True})
 
-    def expand(self, ctx: RequestContext, raw: dict[str, Any]) -> list[Citation]:
+    # builtins.list: in this class, ``list`` is the GET /v1/documents handler
+    def expand(self, ctx: RequestContext, raw: dict[str, Any]) -> builtins.list[Citation]:
         """A chat body naming ``documents`` gets, in place, their best excerpts as a
         system message (and loses ``documents``); returns what the excerpts' numbers cite.
         Bodies without ``documents`` are left as they are.
@@ -215,7 +217,7 @@ def cite(response: Response, cites: list[Citation]) -> Response:
                                                      ensure_ascii=True, separators=(",", ":"))
     # at most MAX_EXCERPTS citations whose labels are capped: a few kB at most
     if isinstance(response, JSONResponse):
-        obj = json.loads(response.body)
+        obj = json.loads(cast(bytes, response.body))  # a JSONResponse renders bytes
         obj["citations"] = [c.as_dict() for c in cites]
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
         return JSONResponse(obj, status_code=response.status_code, headers=headers)

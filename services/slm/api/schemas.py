@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from slm.errors import InvalidRequest, Unsupported
+from slm.errors import InvalidRequest
+from slm.errors import Unsupported as Unsupported  # re-exported: the API raises schemas.Unsupported
 
 MAX_STOP_SEQUENCES = 16
 CHAT_ROLES = {"system", "developer", "user", "assistant"}
@@ -222,12 +223,14 @@ def grammar_for(fmt: ResponseFormat | None) -> str | None:
             raise InvalidRequest("response_format.json_schema.schema is required",
                                  param="response_format.json_schema")
         try:
-            return llama_grammar.json_schema_to_gbnf(json.dumps(fmt.json_schema.schema))
+            # unannotated in llama-cpp-python; it returns the grammar's text
+            grammar: str = llama_grammar.json_schema_to_gbnf(json.dumps(fmt.json_schema.schema))
         except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
             raise InvalidRequest(
                 f"response_format.json_schema.schema cannot be enforced: {exc}",
                 param="response_format.json_schema.schema",
             ) from None
+        return grammar
     raise InvalidRequest(
         f"response_format.type {fmt.type!r} is not one of text, json_object, json_schema",
         param="response_format.type",

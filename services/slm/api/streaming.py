@@ -79,7 +79,8 @@ async def unless_disconnected(
 async def next_event(job: Job, disconnected: asyncio.Future[None]) -> Event:
     """The job's next event, or ClientGone (and the job cancelled) if the client left."""
     getter = asyncio.ensure_future(job.events.get())
-    done, _ = await asyncio.wait({getter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+    waiting: set[asyncio.Future[Any]] = {getter, disconnected}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if getter in done:
         return getter.result()
     getter.cancel()

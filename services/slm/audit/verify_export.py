@@ -56,9 +56,8 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _rows(conn: sqlite3.Connection, path: Path, where: str = "", args: tuple = ()) -> Iterator[
-    dict[str, Any]
-]:
+def _rows(conn: sqlite3.Connection, path: Path, where: str = "",
+          args: tuple[Any, ...] = ()) -> Iterator[dict[str, Any]]:
     try:
         cursor = conn.execute(
             f"SELECT {', '.join(EXPORT_FIELDS)} FROM records {where} ORDER BY id", args

@@ -6,7 +6,7 @@ streamed chat completions (SSE), the model list, document upload. Every failure 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +53,10 @@ class DoormanClient:
         if response.status_code >= 400:
             raise ClientError(_error_line(response.status_code, response.content))
         try:
-            return response.json()
+            obj: dict[str, Any] = response.json()
         except ValueError:
             raise ClientError(f"{path}: the Doorman's answer is not JSON") from None
+        return obj
 
     def first_model(self) -> str:
         """The id of the first model the Doorman lists (its local tier A model)."""
@@ -68,7 +69,7 @@ class DoormanClient:
         """POST a document to ``/v1/documents``; its JSON description."""
         return self._request("POST", "/v1/documents", files={"file": (name, data, content_type)})
 
-    def stream_chat(self, body: dict[str, Any]) -> Iterator[str | Answer]:
+    def stream_chat(self, body: dict[str, Any]) -> Generator[str | Answer, None, None]:
         """Stream one chat completion: text deltas as they arrive, then the ``Answer``.
 
         Closing the generator early (Ctrl-C) closes the connection, which cancels the

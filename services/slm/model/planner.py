@@ -81,7 +81,7 @@ class Plan:
         return out
 
 
-def _per_layer(value: object, n_layer: int) -> list[int]:
+def _per_layer(value: int | list[int] | None, n_layer: int) -> list[int]:
     if isinstance(value, list):
         values = [int(v) for v in value][:n_layer]
         if len(values) < n_layer:  # short arrays: repeat the last value (never undercount)

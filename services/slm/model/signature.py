@@ -167,12 +167,12 @@ class ArtefactVerifier:
                                  "transparency log's key in the trusted root")
 
 
-def _validity_windows(root: dict) -> dict[str, Any]:
+def _validity_windows(root: dict[str, Any]) -> dict[str, Any]:
     """The trusted root's CA certificates (the one issuing leaves, with its window) and log
     keys (by log id) with their validity windows."""
     from cryptography import x509
 
-    def window(valid_for: dict | None) -> Window:
+    def window(valid_for: dict[str, Any] | None) -> Window:
         def when(key: str) -> dt.datetime | None:
             text = (valid_for or {}).get(key)
             return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
@@ -228,7 +228,7 @@ def describe_tree(root: Path) -> dict[str, str]:
     return entries
 
 
-def file_list(root: Path, recorded_root: str | None = None) -> dict:
+def file_list(root: Path, recorded_root: str | None = None) -> dict[str, Any]:
     """The file list of a directory tree, as signed at build time (``recorded_root``: where
     the tree will sit when checked, e.g. inside the image)."""
     return {"schema": FILE_LIST_SCHEMA, "root": recorded_root or str(root),

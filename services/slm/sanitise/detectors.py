@@ -240,7 +240,9 @@ def _find_ipv6(text: str) -> Iterator[tuple[int, int]]:
         start = colon
         while start > 0 and colon - start <= 40 and text[start - 1] in _HEX_COLON:
             start -= 1
-        end = _HEX_COLON_RUN.match(text, colon).end()
+        run = _HEX_COLON_RUN.match(text, colon)
+        assert run is not None  # the pattern matches the empty string: it always matches
+        end = run.end()
         m = _IPV6.match(text, start) if colon - start <= 40 else None
         if m and _valid_ipv6(m.group()):
             yield m.span()
@@ -680,7 +682,9 @@ def _not_a_phone(text: str, start: int, end: int) -> bool:
     raw = text[start:end]
     if _SSN_SHAPE.fullmatch(raw) or _DECIMAL.fullmatch(raw) or raw.lstrip("([").startswith("-"):
         return True
-    core = _PHONE_CORE.match(raw).group().rstrip()  # without an extension ("ext. 123")
+    match = _PHONE_CORE.match(raw)
+    assert match is not None  # the pattern matches the empty string: it always matches
+    core = match.group().rstrip()  # without an extension ("ext. 123")
     if "." in core and (" " in core or core.count(".") == 1):  # "0.5.25 20010319", "12.3456789"
         return True
     before, before2 = text[start - 1:start], text[start - 2:start - 1]

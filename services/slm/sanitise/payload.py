@@ -27,7 +27,8 @@ def redact_request(body: dict[str, Any], vault: Vault) -> dict[str, Any]:
     suffix, user, tool descriptions, ...). Tool-call arguments are JSON in a string: they are
     scanned as text (so ``"password": "..."`` is still seen as an assignment) and the vault
     keeps the unescaped values."""
-    return _redact(body, vault)
+    redacted: dict[str, Any] = _redact(body, vault)  # a dict comes back as a dict
+    return redacted
 
 
 def _redact(node: Any, vault: Vault, key: str | None = None) -> Any:
@@ -59,8 +60,9 @@ def rehydrate_response(obj: dict[str, Any], vault: Vault) -> dict[str, Any]:
             for field in TEXT_FIELDS:
                 if isinstance(message.get(field), str):
                     message[field] = vault.rehydrate(message[field])
-            calls = message.get("tool_calls") if isinstance(message.get("tool_calls"),
-                                                           list) else []
+            calls = message.get("tool_calls")
+            if not isinstance(calls, list):
+                calls = []
             for function in [c.get("function") for c in calls if isinstance(c, dict)] + [
                     message.get("function_call")]:
                 if isinstance(function, dict) and isinstance(function.get("arguments"), str):

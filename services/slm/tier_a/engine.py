@@ -127,12 +127,13 @@ class Engine:
             raise ModelError(f"llama.cpp could not load the model {model_file.path}")
         self._model = model
         self._vocab = C.llama_model_get_vocab(model)
-        self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
+        self.n_vocab: int = C.llama_vocab_n_tokens(self._vocab)
         self._n_swa = C.llama_model_n_swa(model)  # 0 without sliding-window attention
         self.n_batch = max(1, min(n_batch, n_ctx))
         self._kv_type = kv_type
-        self._ctx = self._new_context(n_ctx, n_threads, embeddings=False)
-        self.n_ctx = C.llama_n_ctx(self._ctx)
+        self._ctx: C.llama_context_p | None = self._new_context(
+            n_ctx, n_threads, embeddings=False)
+        self.n_ctx: int = C.llama_n_ctx(self._ctx)
         self._mem = C.llama_get_memory(self._ctx)
         self._batch = C.llama_batch_init(self.n_batch, 0, 1)
         self._cached: list[int] = []  # tokens whose KV entries are in sequence 0
@@ -184,7 +185,7 @@ class Engine:
         if self._kv_type != KvType.F16:  # a quantised V cache needs flash attention
             cparams.type_k = cparams.type_v = KvType(self._kv_type).ggml_type
             cparams.flash_attn_type = 1
-        ctx = C.llama_init_from_model(self._model, cparams)
+        ctx: C.llama_context_p | None = C.llama_init_from_model(self._model, cparams)
         if not ctx:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens")
         return ctx
@@ -213,7 +214,8 @@ class Engine:
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return C.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+        text: bytes = C.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace")
 
     def load_adapter(self, name: str, path: str, scale: float, sha256: str) -> None:
         """Load a GGUF LoRA adapter for requests that name it (ModelError if llama.cpp
@@ -233,9 +235,11 @@ class Engine:
             rc = C.llama_set_adapters_lora(self._ctx, None, 0, None)
         else:
             handle, scale, _ = self._adapters[name]
+            # llama-cpp-python types the handle as c_void_p but the array element (what
+            # llama_adapter_lora_init returns at run time) as POINTER(c_void_p)
             rc = C.llama_set_adapters_lora(
-                self._ctx, (C.llama_adapter_lora_p_ctypes * 1)(handle), 1,
-                (ctypes.c_float * 1)(scale))
+                self._ctx, (C.llama_adapter_lora_p_ctypes * 1)(handle),  # type: ignore[misc]
+                1, (ctypes.c_float * 1)(scale))
         if rc != 0:
             raise EngineError(f"llama.cpp could not set the adapter {name!r} (code {rc})")
         self._forget_cache()
@@ -425,11 +429,12 @@ class Engine:
             cache.add(list(tokens), adapter, state)
 
     def _make_sampler(self, params: SamplingParams) -> C.llama_sampler_p:
-        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        chain: C.llama_sampler_p = C.llama_sampler_chain_init(
+            C.llama_sampler_chain_default_params())
         if params.logit_bias:
             arr = (C.llama_logit_bias * len(params.logit_bias))()
             for i, (tok, bias) in enumerate(params.logit_bias):
-                arr[i].token = tok
+                arr[i].token = tok  # type: ignore[assignment]  # typed c_int32; ctypes takes ints
                 # Finite even at -100: if biases rule out every token a grammar allows,
                 # the grammar must still find one, or llama.cpp aborts the process.
                 arr[i].bias = BAN_BIAS if bias <= -100 else bias

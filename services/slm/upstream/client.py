@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -229,7 +229,7 @@ class Upstream:
 
     async def events(
         self, response: httpx.Response, *, deadline: float
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The JSON objects of an SSE stream, until ``[DONE]`` or the end of the stream;
         the stream must end before ``deadline``. Closes the response however it ends.
 
