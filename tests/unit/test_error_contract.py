@@ -16,8 +16,13 @@ from slm.errors import RequestError, SlmError
 from slm.tier_a.errors import (
     AdapterMismatch,
     AdapterNotFound,
+    GenerationFailed,
     InputRejected,
+    JobCancelled,
+    JobTimedOut,
     NotSupportedByModel,
+    QueueFull,
+    Stopping,
     TierAError,
 )
 from support.paths import ROOT
@@ -66,6 +71,11 @@ TIER_A_REFUSALS = [  # what tier A refuses, and what the client sees of it
      "model_not_found"),
     (AdapterMismatch("made for another model", param="model"), 400,
      "invalid_request_error", "adapter_base_mismatch"),
+    (QueueFull("busy", retry_after_s=3), 429, "rate_limit_error", "queue_full"),
+    (JobCancelled("client gone"), 499, "cancelled", "client_closed_request"),
+    (JobTimedOut("too late"), 504, "timeout_error", "deadline_exceeded"),
+    (Stopping("shutting down"), 503, "unavailable_error", "shutting_down"),
+    (GenerationFailed("llama.cpp failed"), 500, "server_error", "internal_error"),
 ]
 
 
@@ -81,3 +91,5 @@ def test_the_api_edge_renders_each_tier_a_refusal(refusal, status, type_, code):
     rendered = as_request_error(refusal)
     assert (rendered.status, rendered.type, rendered.code) == (status, type_, code)
     assert (rendered.message, rendered.param) == (refusal.message, refusal.param)
+    if isinstance(refusal, QueueFull):
+        assert rendered.retry_after_s == 3

@@ -10,15 +10,9 @@ from typing import ParamSpec, TypeVar
 
 from starlette.responses import JSONResponse
 
-from slm.errors import (
-    InvalidRequest,
-    NotFound,
-    QueueFull,
-    RequestError,
-    Unsupported,
-    UpstreamRateLimited,
-)
-from slm.tier_a.errors import AdapterMismatch, AdapterNotFound, NotSupportedByModel, TierAError
+from slm import errors as http
+from slm.errors import QueueFull, RequestError, UpstreamRateLimited
+from slm.tier_a import errors as tier_a
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,17 +30,29 @@ _HTTP_STATUS_TYPES = {
 }
 
 
-def as_request_error(exc: RequestError | TierAError) -> RequestError:
+def as_request_error(exc: RequestError | tier_a.TierAError) -> RequestError:
     """The request error (status, type, code) a client sees for ``exc``."""
     if isinstance(exc, RequestError):
         return exc
-    if isinstance(exc, NotSupportedByModel):
-        return Unsupported(exc.message, param=exc.param, code=exc.feature)
-    if isinstance(exc, AdapterNotFound):
-        return NotFound(exc.message, param=exc.param, code="model_not_found")
-    if isinstance(exc, AdapterMismatch):
-        return InvalidRequest(exc.message, param=exc.param, code="adapter_base_mismatch")
-    return InvalidRequest(exc.message, param=exc.param)
+    message, param = exc.message, exc.param
+    match exc:
+        case tier_a.NotSupportedByModel():
+            return http.Unsupported(message, param=param, code=exc.feature)
+        case tier_a.AdapterNotFound():
+            return http.NotFound(message, param=param, code="model_not_found")
+        case tier_a.AdapterMismatch():
+            return http.InvalidRequest(message, param=param, code="adapter_base_mismatch")
+        case tier_a.QueueFull():
+            return http.QueueFull(message, retry_after_s=exc.retry_after_s)
+        case tier_a.JobCancelled():
+            return http.Cancelled(message)
+        case tier_a.JobTimedOut():
+            return http.DeadlineExceeded(message)
+        case tier_a.Stopping():
+            return http.ShuttingDown(message)
+        case tier_a.GenerationFailed():
+            return http.InternalError(message)
+    return http.InvalidRequest(message, param=param)  # InputRejected
 
 
 def tier_a_edge(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -56,7 +62,7 @@ def tier_a_edge(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     async def edge(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await call(*args, **kwargs)
-        except TierAError as exc:
+        except tier_a.TierAError as exc:
             raise as_request_error(exc) from None
 
     return edge

@@ -17,7 +17,7 @@ from slm.api.context import RequestContext, log_request
 from slm.api.errors import as_request_error, tier_a_edge
 from slm.api.replies import SSE_DONE, SSE_HEADERS, Reply, embeddings_list, error_event, sse
 from slm.api.streaming import JobStreamingResponse, next_event
-from slm.errors import ContextLengthExceeded, InvalidRequest, LedgerUnavailable
+from slm.errors import ContextLengthExceeded, InvalidRequest, LedgerUnavailable, RequestError
 from slm.server.state import Doorman
 from slm.tier_a.engine import Engine, GenerationResult, SamplingParams
 from slm.tier_a.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler, TextEvent
@@ -239,13 +239,14 @@ class LocalTier:
                 try:  # [DONE] acknowledges the answer: only once its record is durable
                     await self.auditor.commit(ctx, 200)
                 except LedgerUnavailable as exc:
-                    event = ErrorEvent(exc)
+                    err: RequestError = exc
                 else:
                     ended = True
                     yield SSE_DONE
                     return
-            assert isinstance(event, ErrorEvent)
-            err = as_request_error(event.error)
+            else:
+                assert isinstance(event, ErrorEvent)
+                err = as_request_error(event.error)
             ctx.extra_log["error"] = err.code
             if not isinstance(err, LedgerUnavailable):
                 self.auditor.commit_nowait(ctx, err.status, err.code)

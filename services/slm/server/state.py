@@ -22,7 +22,6 @@ from slm.errors import (
     LedgerUnavailable,
     MemoryBudgetExceeded,
     NotReady,
-    ShuttingDown,
     SlmError,
 )
 from slm.model.file import ModelFile
@@ -30,6 +29,7 @@ from slm.ops.metrics import Metrics
 from slm.ops.systemd import notify_status, notify_stopping
 from slm.tier_a.adapters import Adapter, AdapterRegistry
 from slm.tier_a.engine import Engine, GenerationResult
+from slm.tier_a.errors import Stopping
 from slm.tier_a.prompt_cache import PromptCache
 from slm.tier_a.scheduler import DoneEvent, ErrorEvent, Event, Job, Scheduler
 from slm.upstream.router import Router
@@ -134,7 +134,7 @@ class Doorman:
 
         def expire() -> None:
             if self.scheduler:
-                self.scheduler.abort_all(ShuttingDown("the server is shutting down"))
+                self.scheduler.abort_all(Stopping("the server is shutting down"))
 
         self._shutdown_timer = threading.Timer(self.settings.shutdown_grace_s, expire)
         self._shutdown_timer.daemon = True

@@ -1,7 +1,7 @@
-"""What tier A refuses, in tier A's words: no HTTP status here.
+"""What tier A refuses or why a job ended early, in tier A's words: no HTTP status here.
 
-The engine, the chat template and the adapter registry raise these; the API edge
-(``slm.api.errors.as_request_error``) turns them into OpenAI-shaped request errors.
+The engine, the chat template, the adapter registry and the scheduler raise these; the API
+edge (``slm.api.errors.as_request_error``) turns them into OpenAI-shaped request errors.
 """
 
 from __future__ import annotations
@@ -38,3 +38,28 @@ class AdapterNotFound(TierAError):
 
 class AdapterMismatch(TierAError):
     """The adapter was made for another base model than the one loaded."""
+
+
+class QueueFull(TierAError):
+    """The scheduler's queue is full, or it is stopping; ``retry_after_s`` estimates when
+    a place frees up."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class JobCancelled(TierAError):
+    """The job was cancelled: its client went away."""
+
+
+class JobTimedOut(TierAError):
+    """The job's deadline passed before it completed."""
+
+
+class Stopping(TierAError):
+    """The scheduler is stopping and ended the job (its grace period ran out)."""
+
+
+class GenerationFailed(TierAError):
+    """llama.cpp failed on the job; the details are in the log."""

@@ -19,16 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm.errors import (
-    Cancelled,
-    DeadlineExceeded,
-    InternalError,
-    QueueFull,
-    RequestError,
-    ShuttingDown,
-)
 from slm.tier_a.engine import Engine, GenerationResult, Interrupted, SamplingParams
-from slm.tier_a.errors import TierAError
+from slm.tier_a.errors import (
+    GenerationFailed,
+    JobCancelled,
+    JobTimedOut,
+    QueueFull,
+    Stopping,
+    TierAError,
+)
 
 log = logging.getLogger("slm.scheduler")
 
@@ -49,10 +48,10 @@ class DoneEvent:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """The job failed: ``error`` is the request's fate (cancelled, late, refused at
-    shutdown) or what tier A refused of its input; the API edge renders either."""
+    """The job failed: why it ended early (cancelled, late, stopped, llama.cpp failed) or
+    what tier A refused of its input; the API edge renders it."""
 
-    error: RequestError | TierAError
+    error: TierAError
 
 
 Event = TextEvent | DoneEvent | ErrorEvent
@@ -72,7 +71,7 @@ class Job:
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
-    aborted: RequestError | None = None  # set by the server itself, e.g. at shutdown
+    aborted: TierAError | None = None  # set by the server itself, e.g. at shutdown
 
     def interrupted(self) -> bool:
         """True once the client went away, the deadline passed or the server aborted it."""
@@ -82,13 +81,13 @@ class Job:
             or time.monotonic() > self.deadline
         )
 
-    def interruption(self) -> RequestError:
+    def interruption(self) -> TierAError:
         """The error that describes why the job stopped early."""
         if self.aborted is not None:
             return self.aborted
         if self.cancel.is_set():
-            return Cancelled("the client closed the connection")
-        return DeadlineExceeded("the request did not complete within its deadline")
+            return JobCancelled("the client closed the connection")
+        return JobTimedOut("the request did not complete within its deadline")
 
     def emit(self, event: Event) -> None:
         """Hand an event to the request's event loop (called from the worker thread).
@@ -145,7 +144,7 @@ class Scheduler:
         """Start the worker thread."""
         self._thread.start()
 
-    def abort_all(self, reason: RequestError) -> None:
+    def abort_all(self, reason: TierAError) -> None:
         """End every waiting and running job with ``reason`` (their clients receive it)."""
         with self._cond:
             for job in self._waiting:
@@ -158,7 +157,7 @@ class Scheduler:
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop taking jobs, end what waits and what runs; True once the worker ended."""
         self._stop.set()
-        self.abort_all(ShuttingDown("the server is shutting down"))
+        self.abort_all(Stopping("the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -201,7 +200,7 @@ class Scheduler:
         with self._cond:  # refuse what still waits
             left, self._waiting = list(self._waiting), deque()
         for job in left:
-            self._finish(job, ErrorEvent(ShuttingDown("the server is shutting down")))
+            self._finish(job, ErrorEvent(Stopping("the server is shutting down")))
 
     def _execute(self, job: Job) -> None:
         if job.interrupted():
@@ -213,11 +212,11 @@ class Scheduler:
             event: Event = DoneEvent(self._work(job))
         except Interrupted:
             event = ErrorEvent(job.interruption())
-        except (RequestError, TierAError) as exc:
+        except TierAError as exc:
             event = ErrorEvent(exc)
         except Exception:  # noqa: BLE001 - the worker must survive any engine failure
             log.exception("engine failure", extra={"request_id": job.request_id})
-            event = ErrorEvent(InternalError("the model failed to process the request"))
+            event = ErrorEvent(GenerationFailed("the model failed to process the request"))
         finally:
             self.running = None
             self.last_progress = time.monotonic()
