@@ -87,6 +87,34 @@ class AuthenticationFailed(RequestError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(RequestError):
+    """The key is valid but its scopes do not cover this endpoint (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "insufficient_scope"
+
+
+class KeyRateLimited(RequestError):
+    """The key is over its requests or tokens per minute (429, with Retry-After)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class KeyStoreUnavailable(RequestError):
+    """The key store cannot be read: nobody is let in until it can (503)."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "key_store_unavailable"
+
+
 class NotFound(RequestError):
     """Unknown model or route (404)."""
 

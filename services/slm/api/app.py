@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from slm.access.keys import KeyStoreError, Scope
 from slm.api import schemas
 from slm.api.audit import Auditor
 from slm.api.context import RequestContext, log_request
@@ -39,7 +40,9 @@ from slm.errors import (
     AuthenticationFailed,
     Cancelled,
     InternalError,
+    KeyStoreUnavailable,
     LedgerUnavailable,
+    PermissionDenied,
     RequestError,
 )
 from slm.ops.systemd import Watchdog, watchdog_interval_s
@@ -75,19 +78,38 @@ class DoormanAPI:
 
     # -- the endpoint wrapper -----------------------------------------------------------
 
-    def _authenticate(self, request: Request) -> str | None:
-        """Check the bearer key; return the key's id (for the ledger), None without keys."""
+    def _authenticate(self, request: Request, ctx: RequestContext, scope: Scope) -> str | None:
+        """Check the bearer key and its scope; return the key's id for the ledger (a
+        stored key's name), None while no key is configured at all. Keys of the config
+        file (``server.api_keys``) have every scope and no limits; a stored key's request
+        is counted against its rates, and its tokens once it ends."""
+        try:
+            stored = self.d.key_store.keys()
+        except KeyStoreError as exc:
+            log.error("key store unreadable: %s", exc.one_line())
+            raise KeyStoreUnavailable("the key store cannot be read; retry later") from None
         keys = self.d.api_keys
-        if not keys:
+        if not keys and not stored:
             return None
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        presented = token.strip() if scheme.lower() == "bearer" else ""
         # Compare against every key, always, in constant time per key.
         matched = None
         for key, key_id in keys:
-            if hmac.compare_digest(presented, key):
+            if hmac.compare_digest(presented.encode(), key):
                 matched = key_id
+        named = self.d.key_store.authenticate(presented)
+        if named is not None:
+            if not named.allows(scope):
+                raise PermissionDenied(
+                    f"key {named.name!r} may not use this endpoint: it needs the "
+                    f"{scope.value!r} scope")
+            self.d.key_limits.admit(named)
+            limits, name = self.d.key_limits, named.name
+            ctx.on_end.append(lambda c: limits.charge(
+                name, (c.prompt_tokens or 0) + (c.completion_tokens or 0)))
+            matched = named.name
         if matched is None:
             raise AuthenticationFailed(
                 "missing or invalid API key: send 'Authorization: Bearer <key>'"
@@ -103,11 +125,11 @@ class DoormanAPI:
             model=self.d.model_id, model_sha256=self.d.model_file.sha256,
         )
 
-    def endpoint(self, name: str, handler: Handler, *,
-                 auth: bool = True) -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a handler: request context, auth, the ledger record, error rendering,
-        metrics and one log line. Inference endpoints answer only once their record is
-        durable."""
+    def endpoint(self, name: str, handler: Handler, *, auth: bool = True,
+                 scope: Scope = Scope.INFERENCE) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a handler: request context, auth (a key with ``scope``), the ledger record,
+        error rendering, metrics and one log line. Inference endpoints answer only once
+        their record is durable."""
         auditor = self.auditor
 
         async def wrapped(request: Request) -> Response:
@@ -116,7 +138,7 @@ class DoormanAPI:
             status = 500
             try:
                 if auth:
-                    ctx.api_key_id = self._authenticate(request)
+                    ctx.api_key_id = self._authenticate(request, ctx, scope)
                 if audited:
                     self.d.require_ledger()
                 response = await handler(request, ctx)
@@ -240,19 +262,22 @@ def create_app(doorman: Doorman) -> Starlette:
     routes = [
         Route("/health", e("health", api.health, auth=False), methods=["GET"]),
         Route("/ready", e("ready", api.ready, auth=False), methods=["GET"]),
-        Route("/metrics", e("metrics", api.metrics), methods=["GET"]),
+        Route("/metrics", e("metrics", api.metrics, scope=Scope.ADMIN), methods=["GET"]),
         Route("/v1/models", e("models", api.models.models), methods=["GET"]),
         Route("/v1/models/{model:path}", e("models", api.models.model), methods=["GET"]),
-        Route("/v1/adapters", e("models", api.models.adapters), methods=["GET"]),
+        Route("/v1/adapters", e("models", api.models.adapters, scope=Scope.ADMIN),
+              methods=["GET"]),
         Route("/v1/chat/completions", e("chat", api.chat_completions), methods=["POST"]),
         Route("/v1/completions", e("completions", api.completions), methods=["POST"]),
         Route("/v1/embeddings", e("embeddings", api.embeddings), methods=["POST"]),
-        Route("/v1/documents", e("documents", api.documents.ingest), methods=["POST"]),
-        Route("/v1/documents", e("documents_read", api.documents.list), methods=["GET"]),
-        Route("/v1/documents/{doc_id}", e("documents_read", api.documents.get),
-              methods=["GET"]),
-        Route("/v1/documents/{doc_id}", e("documents_delete", api.documents.delete),
-              methods=["DELETE"]),
+        Route("/v1/documents", e("documents", api.documents.ingest, scope=Scope.DOCUMENTS),
+              methods=["POST"]),
+        Route("/v1/documents", e("documents_read", api.documents.list,
+                                 scope=Scope.DOCUMENTS), methods=["GET"]),
+        Route("/v1/documents/{doc_id}", e("documents_read", api.documents.get,
+                                          scope=Scope.DOCUMENTS), methods=["GET"]),
+        Route("/v1/documents/{doc_id}", e("documents_delete", api.documents.delete,
+                                          scope=Scope.DOCUMENTS), methods=["DELETE"]),
     ]
 
     async def http_exception(request: Request, exc: Exception) -> Response:

@@ -44,6 +44,8 @@ class RequestContext:
     with_documents: bool = False  # document excerpts in the prompt: never cached
     extra_log: dict[str, Any] = dataclasses.field(default_factory=dict)
     recorded: bool = False  # its audit record has been handed to the ledger
+    # called once the request ended, with its token counts (per-key token accounting)
+    on_end: list[Callable[[RequestContext], None]] = dataclasses.field(default_factory=list)
 
     def elapsed_s(self) -> float:
         return time.monotonic() - self.started
@@ -75,7 +77,10 @@ class RequestContext:
 
 
 def log_request(ctx: RequestContext, status: int) -> None:
-    """The request's one log line (a stream writes it when it ends)."""
+    """The request's end: its one log line (a stream writes it when it ends), then what
+    waits for the end (``on_end``)."""
     logging.getLogger("slm.api").info("request", extra={
         "request_id": ctx.request_id, "endpoint": ctx.endpoint, "status": status,
         "ms": round(ctx.elapsed_s() * 1000, 1), **ctx.log_fields()})
+    for ended in ctx.on_end:
+        ended(ctx)

@@ -11,7 +11,7 @@ from typing import ParamSpec, TypeVar
 from starlette.responses import JSONResponse
 
 from slm import errors as http
-from slm.errors import QueueFull, RequestError, UpstreamRateLimited
+from slm.errors import KeyRateLimited, QueueFull, RequestError, UpstreamRateLimited
 from slm.tier_a import errors as tier_a
 
 P = ParamSpec("P")
@@ -78,7 +78,7 @@ def error_body(
 def error_response(exc: RequestError, request_id: str | None = None) -> JSONResponse:
     """The JSON response (status, body, headers) for a request error."""
     headers = {"X-Request-Id": request_id} if request_id else {}
-    if isinstance(exc, QueueFull):
+    if isinstance(exc, QueueFull | KeyRateLimited):
         headers["Retry-After"] = str(exc.retry_after_s)
     elif isinstance(exc, UpstreamRateLimited) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(math.ceil(exc.retry_after_s))

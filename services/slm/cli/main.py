@@ -1,10 +1,11 @@
 """The ``slm`` command: ``serve`` the Doorman, ``chat`` with it, audit its ``ledger``,
-``plan`` memory, ``sanitise`` text, ``verify`` signatures, inspect ``config``.
+``plan`` memory, ``sanitise`` text, ``verify`` signatures, manage API ``keys``, inspect
+``config``.
 
 Exit codes: 0 ok, 1 runtime failure (model missing or corrupt, load failure, port in use,
-broken ledger chain), 2 invalid configuration or usage, or a ledger file that cannot be
-read, 3 an artefact refused by the signature check (the unit does not restart on 3), 130
-interrupted (Ctrl-C). Errors are one line on stderr.
+broken ledger chain), 2 invalid configuration or usage, a ledger or key store that cannot be
+read, or a refused key change, 3 an artefact refused by the signature check (the unit does
+not restart on 3), 130 interrupted (Ctrl-C). Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slm import __version__
+from slm.access.keys import KeyStoreError
 from slm.audit.ledger import LedgerError
 from slm.config.settings import (
     Settings,
@@ -142,6 +144,24 @@ def _parser() -> argparse.ArgumentParser:
     extract.add_argument("--memory-mb", type=_positive, required=True)
     extract.add_argument("--cpu-s", type=_positive, required=True)
 
+    keys = sub.add_parser("keys", help="create, list or revoke API keys (server.key_store)")
+    keys.add_argument("--config", type=Path, default=None, help="TOML config file")
+    keys.add_argument("--key-store", type=Path, default=None,
+                      help="the key store file (default: server.key_store of --config)")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser(
+        "create", help="make a key and print it (shown this once; the store keeps a hash)")
+    create.add_argument("name", help="the key's name, as the ledger records it")
+    create.add_argument("--scope", default="inference",
+                        help="comma-separated: inference, documents, admin "
+                        "(default: inference)")
+    create.add_argument("--rpm", type=_positive, default=None, help="requests per minute")
+    create.add_argument("--tpm", type=_positive, default=None, help="tokens per minute")
+    keys_list = keys_sub.add_parser("list", help="the keys' names, scopes, limits, state")
+    keys_list.add_argument("--json", action="store_true", help="machine-readable output")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key (from its next request on)")
+    revoke.add_argument("name")
+
     config = sub.add_parser("config", help="show the effective configuration or its docs")
     config.add_argument("action", choices=["show", "doc"])
     config.add_argument("--config", type=Path, default=None, help="TOML config file")
@@ -161,6 +181,9 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, flag_overrides(args))
     api_keys = load_api_keys(settings)
+    from slm.access.keys import KeyStore
+
+    KeyStore(Path(settings.key_store)).keys()  # a damaged store stops the start, first
     from slm.server.startup import serve
 
     return serve(settings, api_keys)
@@ -174,6 +197,31 @@ def _verify(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to verify: signing.trusted_root is not set")
     for done in check_signatures(settings, model_path(settings)):
         print(done.line())
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from slm.access.keys import KeyStore, parse_scopes
+
+    path = args.key_store or Path(load_settings(args.config).key_store)
+    store = KeyStore(path)
+    if args.action == "create":
+        print(store.create(args.name, parse_scopes(args.scope), rpm=args.rpm, tpm=args.tpm))
+        return 0
+    if args.action == "revoke":
+        key = store.revoke(args.name)
+        print(f"revoked {key.name} at {key.revoked}")
+        return 0
+    keys = store.keys()
+    if args.json:
+        print(json.dumps([{k: v for k, v in key.to_json().items() if k != "sha256"}
+                          for key in keys], indent=1))
+        return 0
+    for key in keys:
+        limits = ", ".join(f"{n} {v}" for n, v in (("rpm", key.rpm), ("tpm", key.tpm)) if v)
+        state = f"revoked {key.revoked}" if key.revoked else "active"
+        print(f"{key.name}\t{','.join(sorted(key.scopes))}\t{limits or '-'}\t"
+              f"created {key.created}\t{state}")
     return 0
 
 
@@ -372,9 +420,14 @@ def main(argv: list[str] | None = None) -> int:
             return _ingest(args)
         if args.command == "extract-text":
             return _extract_text(args)
+        if args.command == "keys":
+            return _keys(args)
         return _config(args)
     except ConfigError as exc:
         print(f"slm: config error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except KeyStoreError as exc:  # a key store that cannot be read, or a refused change
+        print(f"slm: keys: {exc.one_line()}", file=sys.stderr)
         return 2
     except LedgerError as exc:  # a ledger that cannot be read: distinct from a broken chain
         print(f"slm: error: {exc.one_line()}", file=sys.stderr)

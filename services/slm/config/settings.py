@@ -129,6 +129,10 @@ class Settings:
     api_key_file: str | None = _setting(
         "server", None, "File with one API key per line (added to `api_keys`)."
     )
+    key_store: str = _setting(
+        "server", "/var/lib/slm/keys.json", "The API key store that `slm keys` manages "
+        "(hashed keys with names, scopes and limits; mode 0600).", cli=False,
+    )
     max_body_bytes: int = _setting(
         "server", 1_048_576, "Largest request body accepted (413 above).", check=_at_least(1024)
     )

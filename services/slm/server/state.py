@@ -15,6 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
+from slm.access.keys import KeyStore
+from slm.access.limits import KeyLimits
 from slm.audit.ledger import Ledger
 from slm.config.settings import Settings, environment_threads
 from slm.documents.store import DocumentStore
@@ -62,6 +64,8 @@ class Doorman:
         # (key bytes, key id): the id names a key in the ledger without revealing it
         self.api_keys = [(k.encode(), "key-" + hashlib.sha256(k.encode()).hexdigest()[:12])
                          for k in api_keys]
+        self.key_store = KeyStore(Path(settings.key_store))  # named keys with scopes
+        self.key_limits = KeyLimits()
         self.ledger = ledger
         self.metrics = Metrics()
         self.metrics.memory_rss.set_function(resident_bytes)

@@ -1,0 +1,72 @@
+"""Named keys from the key store at work in a running server: scopes (403), revocation
+without a restart (401), the ledger naming the key, and a damaged store refusing the start."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+from slm.access.keys import KeyStore, Scope, parse_scopes
+from support.server import TINY_ID, free_port, run_slm
+
+CHAT = {"model": TINY_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_scopes_revocation_and_the_ledgers_key_name(start_server, tiny_model,
+                                                     tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    app = store.create("support-app", frozenset({Scope.INFERENCE}))
+    docs = store.create("doc-loader", frozenset({Scope.DOCUMENTS}))
+    ops = store.create("ops", parse_scopes("admin"))
+    server = start_server(tiny_model, f'[server]\nkey_store = "{store.path}"\n')
+    chat, base = server.base + "/v1/chat/completions", server.base
+
+    assert httpx.post(chat, json=CHAT).status_code == 401
+    assert httpx.post(chat, json=CHAT, headers=_bearer(app)).status_code == 200
+    denied = httpx.post(chat, json=CHAT, headers=_bearer(docs))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["type"] == "permission_error"
+    assert "'inference' scope" in denied.json()["error"]["message"]
+    assert httpx.get(base + "/metrics", headers=_bearer(app)).status_code == 403
+    assert httpx.get(base + "/metrics", headers=_bearer(ops)).status_code == 200
+    assert httpx.get(base + "/v1/documents", headers=_bearer(docs)).status_code == 200
+    assert httpx.get(base + "/v1/documents", headers=_bearer(app)).status_code == 403
+    assert httpx.get(base + "/health").status_code == 200
+
+    revoked = run_slm("keys", "--key-store", str(store.path), "revoke", "support-app")
+    assert revoked.returncode == 0, revoked.stderr
+    assert httpx.post(chat, json=CHAT, headers=_bearer(app)).status_code == 401  # no restart
+
+    with sqlite3.connect(server.ledger) as db:
+        names = [row[0] for row in db.execute("SELECT api_key_id FROM records ORDER BY id")]
+    assert "support-app" in names and app not in str(names)
+
+
+def test_a_damaged_key_store_stops_the_start(tiny_model, tmp_path: Path) -> None:
+    (tmp_path / "keys.json").write_text("{broken")
+    config = tmp_path / "slm.toml"
+    config.write_text(f'[server]\nkey_store = "{tmp_path / "keys.json"}"\n')
+    r = run_slm("serve", "--config", str(config), "--model", str(tiny_model),
+                "--port", str(free_port()), "--ledger-path", str(tmp_path / "l.db"))
+    assert r.returncode == 2 and "not JSON" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_keys_rates_answer_429_with_retry_after(start_server, tiny_model,
+                                                  tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    few = store.create("few-requests", frozenset({Scope.INFERENCE}), rpm=2)
+    thrifty = store.create("few-tokens", frozenset({Scope.INFERENCE}), tpm=5)
+    server = start_server(tiny_model, f'[server]\nkey_store = "{store.path}"\n')
+    chat = server.base + "/v1/chat/completions"
+    assert [httpx.post(chat, json=CHAT, headers=_bearer(few)).status_code
+            for _ in range(3)] == [200, 200, 429]
+    over = httpx.post(chat, json=CHAT, headers=_bearer(few))
+    assert over.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(over.headers["Retry-After"]) <= 60
+    assert httpx.post(chat, json=CHAT, headers=_bearer(thrifty)).status_code == 200  # > 5
+    assert httpx.post(chat, json=CHAT, headers=_bearer(thrifty)).status_code == 429
