@@ -51,7 +51,7 @@ took=$(( $(date +%s) - began ))
 mkdir -p "$OUT/bin" "$OUT/share/slm"
 install -m 0755 "$WORK/slm" "$OUT/bin/slm.tmp" && mv "$OUT/bin/slm.tmp" "$OUT/bin/slm"
 install -m 0755 "$(dirname "$SHIP_PY")/litestream" "$OUT/bin/litestream"
-MODEL="$("$SHIP_PY" -c 'from slm.model_file import default_model_path; print(default_model_path())')"
+MODEL="$("$SHIP_PY" -c 'from slm.model.file import default_model_path; print(default_model_path())')"
 cp "$MODEL" "$OUT/share/slm/.model.tmp" && mv "$OUT/share/slm/.model.tmp" "$OUT/share/slm/$(basename "$MODEL")"
 
 TOOLS="$TOOLS" "$SHIP_PY" - "$OUT/bin/slm" "$took" "$MODEL" "${FLAGS[@]}" <<'PY'
