@@ -160,14 +160,8 @@ class KeyStore:
         return keys
 
     def authenticate(self, presented: str) -> ApiKey | None:
-        """The active key ``presented`` is, or None. Every stored hash is compared, in
-        constant time, whatever matched."""
-        digest = hash_key(presented).encode()
-        matched = None
-        for key in self.keys():
-            if hmac.compare_digest(digest, key.sha256.encode()) and key.active:
-                matched = key
-        return matched
+        """The active key ``presented`` is, or None (see :func:`find_key`)."""
+        return find_key(self.keys(), presented)
 
     # -- changing -----------------------------------------------------------------------
 
@@ -244,6 +238,17 @@ class KeyStore:
                 tmp.unlink()
             raise KeyStoreError(f"cannot write the key store {self.path}: {exc.strerror}") \
                 from None
+
+
+def find_key(keys: tuple[ApiKey, ...], presented: str) -> ApiKey | None:
+    """The active key among ``keys`` that ``presented`` is, or None. Every stored hash is
+    compared, in constant time, whatever matched."""
+    digest = hash_key(presented).encode()
+    matched = None
+    for key in keys:
+        if hmac.compare_digest(digest, key.sha256.encode()) and key.active:
+            matched = key
+    return matched
 
 
 def parse_scopes(text: str) -> frozenset[Scope]:
