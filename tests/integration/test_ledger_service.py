@@ -161,7 +161,10 @@ def test_kill_9_under_load_loses_no_acknowledged_record(start_server, tiny_model
     threads = [threading.Thread(target=client) for _ in range(6)]
     for t in threads:
         t.start()
-    time.sleep(2.0)
+    # kill once the load is real (a count, not a time: a busy CI machine answers slowly)
+    deadline = time.monotonic() + 120
+    while len(acknowledged) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
     server.proc.kill()  # SIGKILL mid-load: no clean-up runs
     server.proc.wait()
     stop.set()
