@@ -107,6 +107,13 @@ class KeyRateLimited(RequestError):
         self.retry_after_s = retry_after_s
 
 
+class KeyBudgetExhausted(KeyRateLimited):
+    """The key used up its tokens of the day or month (429, Retry-After: until it ends)."""
+
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class KeyStoreUnavailable(RequestError):
     """The key store cannot be read: nobody is let in until it can (503)."""
 

@@ -70,3 +70,36 @@ def test_a_keys_rates_answer_429_with_retry_after(start_server, tiny_model,
     assert 1 <= int(over.headers["Retry-After"]) <= 60
     assert httpx.post(chat, json=CHAT, headers=_bearer(thrifty)).status_code == 200  # > 5
     assert httpx.post(chat, json=CHAT, headers=_bearer(thrifty)).status_code == 429
+
+
+def test_token_budgets_outlive_a_restart_and_usage_tells_the_key(start_server, tiny_model,
+                                                                 tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    daily = store.create("daily", frozenset({Scope.INFERENCE}), tokens_per_day=5, rpm=100)
+    other = store.create("docs-only", frozenset({Scope.DOCUMENTS}))
+    config = f'[server]\nkey_store = "{store.path}"\n'
+    ledger = tmp_path / "ledger.db"
+    server = start_server(tiny_model, config, "--ledger-path", str(ledger))
+    chat, usage = server.base + "/v1/chat/completions", server.base + "/v1/usage"
+    first = httpx.post(chat, json=CHAT, headers=_bearer(daily))
+    assert first.status_code == 200
+    spent = first.json()["usage"]["total_tokens"]
+    assert spent > 5
+    refused = httpx.post(chat, json=CHAT, headers=_bearer(daily))
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 86_400
+    mine = httpx.get(usage, headers=_bearer(daily)).json()
+    assert mine["key"] == "daily" and mine["scopes"] == ["inference"]
+    assert mine["day"]["tokens"] == spent and mine["day"]["budget"] == 5
+    assert mine["day"]["remaining"] == 0 and mine["month"]["budget"] is None
+    assert mine["minute"]["rpm"] == 100 and mine["minute"]["requests"] == 3
+    assert httpx.get(usage, headers=_bearer(other)).json()["day"]["tokens"] == 0  # any scope
+    assert httpx.get(usage).status_code == 401
+    server.stop()
+
+    again = start_server(tiny_model, config, "--ledger-path", str(ledger))  # the same ledger
+    still = httpx.post(again.base + "/v1/chat/completions", json=CHAT, headers=_bearer(daily))
+    assert still.status_code == 429  # the day's tokens came back from the ledger
+    assert httpx.get(again.base + "/v1/usage",
+                     headers=_bearer(daily)).json()["day"]["tokens"] == spent

@@ -12,18 +12,20 @@ from support.server import run_slm
 def test_create_list_revoke(tmp_path: Path) -> None:
     store = tmp_path / "keys.json"
     made = run_slm("keys", "--key-store", str(store), "create", "support-bot",
-                   "--scope", "inference,documents", "--rpm", "30")
+                   "--scope", "inference,documents", "--rpm", "30", "--tokens-per-month", "9000")
     assert made.returncode == 0, made.stderr
     secret = made.stdout.strip()
     assert secret.startswith("slm-") and made.stdout.count("\n") == 1
     listed = run_slm("keys", "--key-store", str(store), "list")
     assert listed.returncode == 0 and secret not in listed.stdout
-    assert "support-bot\tdocuments,inference\trpm 30\tcreated " in listed.stdout
+    assert ("support-bot\tdocuments,inference\trpm 30, tokens per month 9000\tcreated "
+            in listed.stdout)
     assert listed.stdout.rstrip().endswith("active")
     revoked = run_slm("keys", "--key-store", str(store), "revoke", "support-bot")
     assert revoked.returncode == 0 and revoked.stdout.startswith("revoked support-bot at ")
     (entry,) = json.loads(run_slm("keys", "--key-store", str(store), "list", "--json").stdout)
     assert entry["revoked"] and "sha256" not in entry and entry["rpm"] == 30
+    assert entry["tokens_per_month"] == 9000 and entry["tokens_per_day"] is None
 
 
 def test_the_store_path_comes_from_the_config(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The API key store: named keys with scopes and rate limits, kept only as hashes.
+"""The API key store: named keys with scopes, rate limits and token budgets, kept only as
+hashes.
 
 One JSON file (``server.key_store``, ``/var/lib/slm/keys.json`` on the appliance, mode 0600).
 A key is ``slm-`` and 43 URL-safe characters (256 random bits), shown once when it is made;
@@ -36,6 +37,9 @@ KEY_PREFIX = "slm-"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 FORMAT_VERSION = 1
+# A key's limits (None: unlimited): requests and tokens per sliding minute
+# (:mod:`slm.access.limits`), tokens per UTC day and month (:mod:`slm.access.budgets`).
+LIMITS = ("rpm", "tpm", "tokens_per_day", "tokens_per_month")
 
 
 class KeyStoreError(SlmError):
@@ -60,6 +64,8 @@ class ApiKey:
     scopes: frozenset[Scope]
     rpm: int | None = None  # requests per minute
     tpm: int | None = None  # tokens per minute
+    tokens_per_day: int | None = None  # per UTC calendar day
+    tokens_per_month: int | None = None  # per UTC calendar month
     created: str = ""
     revoked: str | None = None
 
@@ -72,8 +78,9 @@ class ApiKey:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256,
-                "scopes": sorted(s.value for s in self.scopes), "rpm": self.rpm,
-                "tpm": self.tpm, "created": self.created, "revoked": self.revoked}
+                "scopes": sorted(s.value for s in self.scopes),
+                **{name: getattr(self, name) for name in LIMITS},
+                "created": self.created, "revoked": self.revoked}
 
     @classmethod
     def from_json(cls, entry: Any, where: str) -> ApiKey:
@@ -84,7 +91,7 @@ class ApiKey:
             key = cls(
                 name=entry["name"], sha256=entry["sha256"],
                 scopes=frozenset(Scope(s) for s in entry["scopes"]),
-                rpm=entry.get("rpm"), tpm=entry.get("tpm"),
+                **{name: entry.get(name) for name in LIMITS},
                 created=entry.get("created", ""), revoked=entry.get("revoked"))
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyStoreError(f"{where}: a malformed entry ({exc!r})") from None
@@ -92,9 +99,10 @@ class ApiKey:
             raise KeyStoreError(f"{where}: bad key name {key.name!r}")
         if not (isinstance(key.sha256, str) and _SHA256.match(key.sha256)):
             raise KeyStoreError(f"{where}: key {key.name!r} has no valid sha256")
-        for limit in (key.rpm, key.tpm):
-            if limit is not None and (not isinstance(limit, int) or limit < 1):
-                raise KeyStoreError(f"{where}: key {key.name!r} has a bad limit {limit!r}")
+        for name in LIMITS:
+            limit = getattr(key, name)
+            if limit is not None and (type(limit) is not int or limit < 1):
+                raise KeyStoreError(f"{where}: key {key.name!r} has a bad {name} {limit!r}")
         return key
 
 
@@ -166,22 +174,27 @@ class KeyStore:
     # -- changing -----------------------------------------------------------------------
 
     def create(self, name: str, scopes: frozenset[Scope], *, rpm: int | None = None,
-               tpm: int | None = None) -> str:
-        """Store a new key and return it (the only time it is seen)."""
+               tpm: int | None = None, tokens_per_day: int | None = None,
+               tokens_per_month: int | None = None) -> str:
+        """Store a new key and return it (the only time it is seen); a limit of None is
+        no limit."""
         check_name(name)
         if not scopes:
             raise KeyStoreError("a key needs at least one scope",
                                 hint=f"--scope {','.join(s.value for s in Scope)}")
-        for limit, flag in ((rpm, "--rpm"), (tpm, "--tpm")):
+        limits = {"rpm": rpm, "tpm": tpm, "tokens_per_day": tokens_per_day,
+                  "tokens_per_month": tokens_per_month}
+        for limit_name, limit in limits.items():
             if limit is not None and limit < 1:
-                raise KeyStoreError(f"{flag} must be at least 1")
+                raise KeyStoreError(f"--{limit_name.replace('_', '-')} must be at least 1")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         with self._writing() as keys:
             if any(k.name == name for k in keys):
                 raise KeyStoreError(f"a key named {name!r} exists already",
                                     hint="names are never reused, even after a revocation")
             keys.append(ApiKey(name=name, sha256=hash_key(secret), scopes=scopes, rpm=rpm,
-                               tpm=tpm, created=_now()))
+                               tpm=tpm, tokens_per_day=tokens_per_day,
+                               tokens_per_month=tokens_per_month, created=_now()))
         return secret
 
     def revoke(self, name: str) -> ApiKey:

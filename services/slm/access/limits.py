@@ -57,6 +57,14 @@ class KeyLimits:
             with self._lock:
                 self._tokens.setdefault(name, deque()).append((self._clock(), n_tokens))
 
+    def usage(self, name: str) -> tuple[int, int]:
+        """Requests and tokens of key ``name`` in the last minute."""
+        since = self._clock() - WINDOW_S
+        with self._lock:
+            requests = sum(1 for t in self._requests.get(name, ()) if t > since)
+            tokens = sum(n for t, n in self._tokens.get(name, ()) if t > since)
+        return requests, tokens
+
     @staticmethod
     def _wait(oldest: float, now: float) -> int:
         return max(1, math.ceil(oldest + WINDOW_S - now))

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from slm.access.keys import KeyStoreError, Scope, find_key
+from slm.access.keys import ApiKey, KeyStoreError, Scope, find_key
 from slm.api import schemas
 from slm.api.audit import Auditor
 from slm.api.context import RequestContext, log_request
@@ -54,6 +54,7 @@ log = logging.getLogger("slm.api")
 
 Handler = Callable[[Request, RequestContext], Awaitable[Response]]
 UNLOGGED = frozenset({"health", "ready", "metrics"})
+SPENDS_TOKENS = frozenset({"chat", "completions", "embeddings"})  # under a key's budgets
 
 
 def _request_id() -> str:
@@ -78,11 +79,14 @@ class DoormanAPI:
 
     # -- the endpoint wrapper -----------------------------------------------------------
 
-    def _authenticate(self, request: Request, ctx: RequestContext, scope: Scope) -> str | None:
+    def _authenticate(
+        self, request: Request, ctx: RequestContext, scope: Scope | None
+    ) -> str | None:
         """Check the bearer key and its scope; return the key's id for the ledger (a
         stored key's name), None while no key is configured at all. Keys of the config
         file (``server.api_keys``) have every scope and no limits; a stored key's request
-        is counted against its rates, and its tokens once it ends."""
+        is counted against its rates and budgets. Every request's tokens are counted
+        against its key (keyless ones under "") once it ends."""
         try:
             stored = self.d.key_store.keys()
         except KeyStoreError as exc:
@@ -90,6 +94,7 @@ class DoormanAPI:
             raise KeyStoreUnavailable("the key store cannot be read; retry later") from None
         keys = self.d.api_keys
         if not keys and not stored:
+            ctx.on_end.append(self._charger(""))  # the budgets count keyless use too
             return None
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -101,20 +106,33 @@ class DoormanAPI:
                 matched = key_id
         named = find_key(stored, presented)  # the keys just read: one stat per request
         if named is not None:
-            if not named.allows(scope):
+            if scope is not None and not named.allows(scope):
                 raise PermissionDenied(
                     f"key {named.name!r} may not use this endpoint: it needs the "
                     f"{scope.value!r} scope")
             self.d.key_limits.admit(named)
-            limits, name = self.d.key_limits, named.name
-            ctx.on_end.append(lambda c: limits.charge(
-                name, (c.prompt_tokens or 0) + (c.completion_tokens or 0)))
+            if ctx.endpoint in SPENDS_TOKENS:  # /v1/usage still answers a spent key
+                self.d.token_budgets.admit(named)
+            ctx.api_key = named
             matched = named.name
         if matched is None:
             raise AuthenticationFailed(
                 "missing or invalid API key: send 'Authorization: Bearer <key>'"
             )
+        ctx.on_end.append(self._charger(matched))
         return matched
+
+    def _charger(self, name: str) -> Callable[[RequestContext], None]:
+        """What a request of key ``name`` does as it ends: count its tokens against the
+        key's minute and its budgets."""
+        limits, budgets = self.d.key_limits, self.d.token_budgets
+
+        def charge(ctx: RequestContext) -> None:
+            tokens = (ctx.prompt_tokens or 0) + (ctx.completion_tokens or 0)
+            limits.charge(name, tokens)
+            budgets.charge(name, tokens)
+
+        return charge
 
     def _context(self, request: Request, name: str) -> RequestContext:
         started = time.monotonic()
@@ -126,10 +144,11 @@ class DoormanAPI:
         )
 
     def endpoint(self, name: str, handler: Handler, *, auth: bool = True,
-                 scope: Scope = Scope.INFERENCE) -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a handler: request context, auth (a key with ``scope``), the ledger record,
-        error rendering, metrics and one log line. Inference endpoints answer only once
-        their record is durable."""
+                 scope: Scope | None = Scope.INFERENCE
+                 ) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a handler: request context, auth (a key with ``scope``; None: any key), the
+        ledger record, error rendering, metrics and one log line. Inference endpoints
+        answer only once their record is durable."""
         auditor = self.auditor
 
         async def wrapped(request: Request) -> Response:
@@ -187,6 +206,21 @@ class DoormanAPI:
     async def metrics(self, request: Request, ctx: RequestContext) -> Response:
         return Response(self.d.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def usage(self, request: Request, ctx: RequestContext) -> Response:
+        """What the calling key used in the last minute, today and this month (UTC), its
+        limits and what is left of its budgets."""
+        key, name = ctx.api_key, ctx.api_key_id or ""
+        requests, tokens = self.d.key_limits.usage(name)
+        if key is None:  # a key of the config file, or none configured: no limits
+            key = ApiKey(name=name, sha256="", scopes=frozenset(Scope))
+        return JSONResponse({
+            "object": "usage", "key": ctx.api_key_id,
+            "scopes": sorted(s.value for s in key.scopes),
+            "minute": {"requests": requests, "tokens": tokens, "rpm": key.rpm,
+                       "tpm": key.tpm},
+            **self.d.token_budgets.usage(key),
+        })
 
     # -- completions and embeddings -----------------------------------------------------
 
@@ -267,6 +301,7 @@ def create_app(doorman: Doorman) -> Starlette:
         Route("/v1/models/{model:path}", e("models", api.models.model), methods=["GET"]),
         Route("/v1/adapters", e("models", api.models.adapters, scope=Scope.ADMIN),
               methods=["GET"]),
+        Route("/v1/usage", e("usage", api.usage, scope=None), methods=["GET"]),
         Route("/v1/chat/completions", e("chat", api.chat_completions), methods=["POST"]),
         Route("/v1/completions", e("completions", api.completions), methods=["POST"]),
         Route("/v1/embeddings", e("embeddings", api.embeddings), methods=["POST"]),

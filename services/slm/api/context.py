@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from slm.access.keys import ApiKey
 from slm.tiers import Tier
 from slm.upstream.router import LocalTarget, Target
 
@@ -31,7 +32,8 @@ class RequestContext:
     client_gone: Callable[[], Awaitable[None]]  # returns once the client has disconnected
     model: str | None  # who answers: the local model until a target says otherwise
     model_sha256: str | None
-    api_key_id: str | None = None
+    api_key_id: str | None = None  # the ledger's name of the key (never the key)
+    api_key: ApiKey | None = None  # the stored key, with its scopes and limits
     tier: Tier = Tier.A
     target_label: str | None = None
     prompt_sha256: str | None = None

@@ -304,3 +304,27 @@ class Ledger:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout)
+
+
+def tokens_by_key_and_day(path: Path, since: str) -> dict[str, dict[str, int]]:
+    """Key name → UTC day (``YYYY-MM-DD``) → tokens (prompt and completion) of the records
+    stamped at or after ``since`` (an ISO-8601 UTC time): what the token budgets start
+    from. Records without a key count under ""; an absent ledger has none."""
+    if not path.exists():
+        return {}
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            rows = conn.execute(
+                "SELECT COALESCE(api_key_id, ''), substr(ts, 1, 10), "
+                "SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) "
+                "FROM records WHERE ts >= ? GROUP BY 1, 2",
+                (since,)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"ledger {path} cannot be read: {exc}") from None
+    used: dict[str, dict[str, int]] = {}
+    for name, day, tokens in rows:
+        used.setdefault(name, {})[day] = int(tokens)
+    return used

@@ -157,6 +157,10 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: inference)")
     create.add_argument("--rpm", type=_positive, default=None, help="requests per minute")
     create.add_argument("--tpm", type=_positive, default=None, help="tokens per minute")
+    create.add_argument("--tokens-per-day", type=_positive, default=None,
+                        help="tokens per UTC day (counted from the ledger across restarts)")
+    create.add_argument("--tokens-per-month", type=_positive, default=None,
+                        help="tokens per UTC calendar month")
     keys_list = keys_sub.add_parser("list", help="the keys' names, scopes, limits, state")
     keys_list.add_argument("--json", action="store_true", help="machine-readable output")
     revoke = keys_sub.add_parser("revoke", help="revoke a key (from its next request on)")
@@ -201,12 +205,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from slm.access.keys import KeyStore, parse_scopes
+    from slm.access.keys import LIMITS, KeyStore, parse_scopes
 
     path = args.key_store or Path(load_settings(args.config).key_store)
     store = KeyStore(path)
     if args.action == "create":
-        print(store.create(args.name, parse_scopes(args.scope), rpm=args.rpm, tpm=args.tpm))
+        print(store.create(args.name, parse_scopes(args.scope),
+                           **{name: getattr(args, name) for name in LIMITS}))
         return 0
     if args.action == "revoke":
         key = store.revoke(args.name)
@@ -218,7 +223,8 @@ def _keys(args: argparse.Namespace) -> int:
                           for key in keys], indent=1))
         return 0
     for key in keys:
-        limits = ", ".join(f"{n} {v}" for n, v in (("rpm", key.rpm), ("tpm", key.tpm)) if v)
+        limits = ", ".join(f"{n.replace('_', ' ')} {getattr(key, n)}" for n in LIMITS
+                           if getattr(key, n))
         state = f"revoked {key.revoked}" if key.revoked else "active"
         print(f"{key.name}\t{','.join(sorted(key.scopes))}\t{limits or '-'}\t"
               f"created {key.created}\t{state}")

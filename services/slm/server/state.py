@@ -13,11 +13,13 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
+from slm.access.budgets import TokenBudgets, day_of, month_start
 from slm.access.keys import KeyStore
 from slm.access.limits import KeyLimits
-from slm.audit.ledger import Ledger
+from slm.audit.ledger import Ledger, tokens_by_key_and_day
 from slm.config.settings import Settings, environment_threads
 from slm.documents.store import DocumentStore
 from slm.errors import (
@@ -66,6 +68,9 @@ class Doorman:
                          for k in api_keys]
         self.key_store = KeyStore(Path(settings.key_store))  # named keys with scopes
         self.key_limits = KeyLimits()
+        # tokens per day and month, from this month's ledger records on
+        this_month = day_of(month_start(datetime.now(UTC)))
+        self.token_budgets = TokenBudgets(tokens_by_key_and_day(ledger.path, this_month))
         self.ledger = ledger
         self.metrics = Metrics()
         self.metrics.memory_rss.set_function(resident_bytes)

@@ -120,3 +120,18 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 def test_an_entry_round_trips_through_json() -> None:
     key = ApiKey(name="x", sha256="a" * 64, scopes=frozenset(Scope), rpm=5, created="t")
     assert ApiKey.from_json(json.loads(json.dumps(key.to_json())), "here") == key
+
+
+def test_budgets_are_stored_checked_and_absent_in_older_entries(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    store.create("budgeted", INFERENCE, tokens_per_day=1000, tokens_per_month=20_000)
+    (key,) = store.keys()
+    assert (key.tokens_per_day, key.tokens_per_month) == (1000, 20_000)
+    older = {"name": "old", "sha256": "b" * 64, "scopes": ["inference"], "rpm": 3}
+    assert ApiKey.from_json(older, "here").tokens_per_day is None
+    with pytest.raises(KeyStoreError, match="bad tokens_per_month"):
+        ApiKey.from_json({**older, "tokens_per_month": 0}, "here")
+    with pytest.raises(KeyStoreError, match="bad tokens_per_day"):
+        ApiKey.from_json({**older, "tokens_per_day": True}, "here")
+    with pytest.raises(KeyStoreError, match="--tokens-per-day must be at least 1"):
+        store.create("zero", INFERENCE, tokens_per_day=0)

@@ -278,3 +278,22 @@ def test_verify_reports_odd_rows_without_a_traceback(ledger_path):
     r = run_slm("ledger", "verify", "--db", str(ledger_path))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "broken at record" in r.stdout
+
+
+def test_tokens_by_key_and_day_sums_each_keys_records_since_a_time(ledger_path):
+    from slm.audit.ledger import tokens_by_key_and_day
+
+    assert tokens_by_key_and_day(ledger_path, "2000-01-01") == {}  # no ledger yet
+    ledger = Ledger(ledger_path)
+    stamped = [("2026-11-30T23:59:59.999Z", "app", 1000), ("2026-12-01T00:00:00.000Z", "app", 3),
+               ("2026-12-01T10:00:00.000Z", "app", 4), ("2026-12-02T08:00:00.000Z", "app", 5),
+               ("2026-12-02T09:00:00.000Z", None, 6), ("2026-12-02T09:30:00.000Z", "ops", 0)]
+    futures = [ledger.append(dataclasses.replace(
+        entry(i), ts=ts, api_key_id=name, prompt_tokens=tokens, completion_tokens=None))
+        for i, (ts, name, tokens) in enumerate(stamped)]
+    for f in futures:
+        f.result(10)
+    ledger.close()
+    assert tokens_by_key_and_day(ledger_path, "2026-12-01") == {
+        "app": {"2026-12-01": 7, "2026-12-02": 5}, "": {"2026-12-02": 6},
+        "ops": {"2026-12-02": 0}}
