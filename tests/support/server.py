@@ -28,9 +28,11 @@ class Server:
     """A real `slm serve` subprocess on a loopback port."""
 
     def __init__(self, tmp: Path, model: Path | None, config: str = "", *extra: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ready_port: int | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # where /ready is asked: the port itself, or a plain loopback port beside HTTPS
+        self.ready_base = f"http://127.0.0.1:{ready_port or self.port}"
         self.config = tmp / f"slm-{self.port}.toml"
         self.config.write_text(config)
         self.log_path = tmp / f"slm-{self.port}.log"
@@ -50,7 +52,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.base + "/ready", timeout=2).status_code == 200:
+                if httpx.get(self.ready_base + "/ready", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

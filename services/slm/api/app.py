@@ -83,7 +83,8 @@ class DoormanAPI:
         self, request: Request, ctx: RequestContext, scope: Scope | None
     ) -> str | None:
         """Check the bearer key and its scope; return the key's id for the ledger (a
-        stored key's name), None while no key is configured at all. Keys of the config
+        stored key's name), None while no key is configured at all (on loopback, or with
+        ``server.allow_keyless_network``; beyond it nobody gets in then). Keys of the config
         file (``server.api_keys``) have every scope and no limits; a stored key's request
         is counted against its rates and budgets. Every request's tokens are counted
         against its key (keyless ones under "") once it ends."""
@@ -93,7 +94,7 @@ class DoormanAPI:
             log.error("key store unreadable: %s", exc.one_line())
             raise KeyStoreUnavailable("the key store cannot be read; retry later") from None
         keys = self.d.api_keys
-        if not keys and not stored:
+        if not keys and not stored and not self.d.keys_required:
             ctx.on_end.append(self._charger(""))  # the budgets count keyless use too
             return None
         header = request.headers.get("authorization", "")

@@ -187,7 +187,10 @@ def _serve(args: argparse.Namespace) -> int:
     api_keys = load_api_keys(settings)
     from slm.access.keys import KeyStore
 
-    KeyStore(Path(settings.key_store)).keys()  # a damaged store stops the start, first
+    stored = KeyStore(Path(settings.key_store)).keys()  # a damaged store stops the start
+    from slm.server.listeners import check_exposure
+
+    check_exposure(settings, has_keys=bool(api_keys) or any(k.active for k in stored))
     from slm.server.startup import serve
 
     return serve(settings, api_keys)

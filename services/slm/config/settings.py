@@ -120,8 +120,25 @@ class Settings:
     """The Doorman's whole configuration (TOML sections in brackets)."""
 
     # [server]
-    host: str = _setting("server", "127.0.0.1", "Address to bind; loopback by default.")
+    host: str = _setting(
+        "server", "127.0.0.1", "Address to bind; loopback by default. Beyond loopback the "
+        "listener must serve HTTPS (`tls_cert`, `tls_key`) and an API key must exist "
+        "(or `allow_keyless_network`).")
     port: int = _setting("server", 8080, "TCP port to listen on.", check=_between(0, 65535))
+    tls_cert: str | None = _setting(
+        "server", None, "PEM certificate (chain) of the listener: with `tls_key` it serves "
+        "HTTPS (read at start; a new one needs a restart).")
+    tls_key: str | None = _setting("server", None, "PEM private key of `tls_cert`.")
+    tls_client_ca: str | None = _setting(
+        "server", None, "PEM CA certificates: HTTPS clients must present a certificate "
+        "one of them signed (mutual TLS, for fleet callers); API keys still apply.")
+    loopback_port: int = _setting(
+        "server", 0, "Also serve plain HTTP on 127.0.0.1 at this port, for callers on the "
+        "device (0 = no second listener).", check=_between(0, 65535))
+    allow_keyless_network: bool = _setting(
+        "server", False, "Serve beyond loopback even while no API key exists (anyone who "
+        "reaches the port may use every endpoint). Off: `slm serve` refuses to start.",
+        cli=False)
     api_keys: list[str] = _setting(
         "server", [], "API keys accepted as `Authorization: Bearer KEY` (none = no auth).",
         cli=False, secret=True,
@@ -493,6 +510,10 @@ def load_settings(
     if settings.trusted_root and not (settings.signing_identity and settings.signing_issuer):
         raise ConfigError("signing.trusted_root needs signing.identity and signing.issuer "
                           "(who must have signed)")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("server.tls_cert and server.tls_key go together")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ConfigError("server.tls_client_ca needs server.tls_cert and server.tls_key")
     if settings.file_list and not settings.trusted_root:
         raise ConfigError("signing.file_list needs signing.trusted_root")
     return settings

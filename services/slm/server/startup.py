@@ -1,8 +1,9 @@
 """``slm serve``: check the model, open the ledger, start replication, run the HTTP server.
 
-Order matters: everything that can be refused (model file and, under ``[signing]``, its
-signature and the binary's signed file list; the ledger) is checked before the
-port is bound, so a bad start leaves no half-started server. The model then loads in the
+Order matters: everything that can be refused (the listener's TLS certificate; model file
+and, under ``[signing]``, its signature and the binary's signed file list; the ledger) is
+checked before the ports are bound (:mod:`slm.server.listeners`), so a bad start leaves no
+half-started server. The model then loads in the
 background (``/ready`` says 503 until a warm-up token decoded); a load failure stops the
 server with exit 1. SIGTERM: in-flight requests get ``shutdown_grace_s``, then the ledger
 commits what is queued, Litestream ships it, and the process exits 0.
@@ -10,6 +11,7 @@ commits what is queued, Litestream ships it, and the process exits 0.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -26,6 +28,7 @@ import uvicorn
 from slm import __version__
 from slm.config.settings import OmpWaitPolicy, Settings
 from slm.errors import ConfigError, SignatureError, SlmError
+from slm.server.listeners import Listener, ListenError, open_listeners, tls_context
 
 if TYPE_CHECKING:
     from slm.model.signature import Verified
@@ -39,10 +42,13 @@ class _Server(uvicorn.Server):
     clean-up runs)."""
 
     on_exit_signal: Any = None
+    companions: list[uvicorn.Server] = []  # more listeners of the same app: stop with us
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.on_exit_signal:
             self.on_exit_signal()
+        for companion in self.companions:
+            companion.should_exit = True
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
@@ -54,6 +60,41 @@ class _Server(uvicorn.Server):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    async def serve_with_companions(self, listeners: list[Listener]) -> None:
+        """Serve ``listeners[0]`` (with the lifespan) and the others beside it."""
+        others = [asyncio.create_task(companion.serve([listener.sock]))
+                  for companion, listener in zip(self.companions, listeners[1:], strict=True)]
+        try:
+            await self.serve([listeners[0].sock])
+        finally:
+            for companion in self.companions:
+                companion.should_exit = True
+            await asyncio.gather(*others, return_exceptions=True)
+
+
+class _Companion(uvicorn.Server):
+    """A second listener: the main server owns the signals and stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _http_config(
+    app: Any, listener: Listener, settings: Settings, *, lifespan: bool
+) -> uvicorn.Config:
+    """uvicorn's config for one listener (its TLS context, if any, is ours)."""
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="on" if lifespan else "off",
+        server_header=False,
+        # ours ends the requests at shutdown_grace_s; uvicorn's is only a backstop
+        # uvicorn annotates int but hands the value to asyncio.timeout (any float)
+        timeout_graceful_shutdown=settings.shutdown_grace_s + 5,  # type: ignore[arg-type]
+    )
+    config.load()
+    config.ssl = listener.tls
+    return config
 
 
 def _set_omp_wait_policy(policy: OmpWaitPolicy) -> None:
@@ -188,6 +229,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
 
     setup_logging(settings.log_level, settings.log_format)
     _set_omp_wait_policy(settings.omp_wait_policy)
+    tls = tls_context(settings)  # a certificate that does not load stops the start, first
 
     from slm.audit.ledger import Ledger
     from slm.audit.replication import Replica, Replicator
@@ -231,6 +273,11 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     replicator = (Replicator(replica, ledger.path)
                   if replica and settings.replicate_in_service else None)
 
+    try:
+        listeners = open_listeners(settings, tls)
+    except ListenError:
+        ledger.close()
+        raise
     from slm.api.app import create_app
     from slm.ops.systemd import notify_ready
     from slm.server.state import Doorman
@@ -239,26 +286,23 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
     quiet_llama_logs()
     doorman = Doorman(settings, model_file, api_keys, ledger, n_ctx=n_ctx, adapters=adapters,
                       prompt_cache_bytes=prompt_cache_bytes(settings, model_file.path, n_ctx))
-    server = _Server(
-        uvicorn.Config(
-            create_app(doorman), host=settings.host, port=settings.port, log_config=None,
-            access_log=False, lifespan="on", server_header=False,
-            # ours ends the requests at shutdown_grace_s; uvicorn's is only a backstop
-            # uvicorn annotates int but hands the value to asyncio.timeout (any float)
-            timeout_graceful_shutdown=settings.shutdown_grace_s + 5,  # type: ignore[arg-type]
-        )
-    )
+    app = create_app(doorman)
+    server = _Server(_http_config(app, listeners[0], settings, lifespan=True))
+    server.companions = [_Companion(_http_config(app, listener, settings, lifespan=False))
+                         for listener in listeners[1:]]
+    servers = [server, *server.companions]
     server.on_exit_signal = doorman.begin_shutdown
+    where = ", ".join(listener.url for listener in listeners)
 
     def load() -> None:
         try:
             doorman.load()
             # READY=1 only once the model is warm *and* the port is bound
-            while not server.started and not server.should_exit:
+            while not all(s.started for s in servers) and not server.should_exit:
                 time.sleep(0.02)
             if server.started:
                 assert doorman.engine is not None
-                notify_ready(f"serving {doorman.model_id} on {settings.host}:{settings.port} "
+                notify_ready(f"serving {doorman.model_id} on {where} "
                              f"(context {doorman.engine.n_ctx})")
         except SlmError as exc:
             log.error("model load failed: %s", exc.one_line())
@@ -268,15 +312,16 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
             doorman.load_error = SlmError("model load failed")
             server.should_exit = True
 
-    log.info("starting", extra={"version": __version__, "host": settings.host,
-                                "port": settings.port, "model": str(model_file.path),
-                                "ledger": str(ledger.path)})
+    log.info("starting", extra={"version": __version__, "listeners": where,
+                                "model": str(model_file.path), "ledger": str(ledger.path)})
     try:
         if replicator:
             replicator.start()
         threading.Thread(target=load, name="slm-load", daemon=True).start()
-        server.run()
+        asyncio.run(server.serve_with_companions(listeners))
     finally:
+        for listener in listeners:
+            listener.sock.close()
         doorman.close()
         ledger.close()
         if replicator:
