@@ -21,11 +21,13 @@ e2fsprogs, zstd, and qemu-user-static for a foreign architecture (installed when
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import hashlib
 import json
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
@@ -231,6 +233,57 @@ def _customize(recipe: dict, rootfs: Path, authorized_keys: Path) -> None:
          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@dataclasses.dataclass(frozen=True)
+class Provisioning:
+    """Per-fleet state baked into the state partition, taken as SSH keys are: an API key
+    store (made with ``slm keys --key-store FILE create ...``: it holds only hashes) and the
+    Doorman's TLS certificate and key. First boot makes whatever is not provisioned."""
+
+    key_store: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def check(self) -> None:
+        """Refuse (ImageBuildError) a store `slm keys` cannot read, a certificate without
+        its key, or a pair that does not load."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ImageBuildError("--tls-cert and --tls-key go together")
+        if self.tls_cert and self.tls_key:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.tls_cert,
+                                                                        self.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ImageBuildError(f"--tls-cert {self.tls_cert} / --tls-key "
+                                      f"{self.tls_key} do not load: {exc}") from None
+        if self.key_store:
+            listed = subprocess.run(
+                [sys.executable, "-m", "slm", "keys", "--key-store", str(self.key_store),
+                 "list", "--json"], capture_output=True, text=True)
+            if listed.returncode != 0 or not self.key_store.is_file():
+                raise ImageBuildError(f"--key-store {self.key_store} is not a key store: "
+                                      f"{listed.stderr.strip() or 'no such file'}")
+            if not any(k["revoked"] is None for k in json.loads(listed.stdout)):
+                raise ImageBuildError(f"--key-store {self.key_store} has no active key")
+
+    def install(self, var: Path) -> dict:
+        """Copy what was given into the state partition's tree ``var``; returns what the
+        manifest says of it."""
+        if self.key_store:
+            store = var / "lib/slm/keys.json"
+            store.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shutil.copyfile(self.key_store, store)
+            store.chmod(0o600)
+        if self.tls_cert and self.tls_key:
+            tls = var / "lib/slm-appliance/tls"
+            tls.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tls.parent.chmod(0o755)
+            shutil.copyfile(self.tls_cert, tls / "device.crt")
+            shutil.copyfile(self.tls_key, tls / "device.key")
+            (tls / "device.crt").chmod(0o644)
+            (tls / "device.key").chmod(0o600)
+        return {"key_store": bool(self.key_store), "tls_certificate": bool(self.tls_cert)}
+
+
 def _packages(rootfs: Path) -> list[dict]:
     out = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W",
                           "-f", "${Package}\t${Version}\t${Architecture}\t${Installed-Size}\n"],
@@ -321,10 +374,13 @@ def _require_root() -> None:
                               "run it with sudo")
 
 
-def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) -> dict:
+def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
+          provisioning: Provisioning | None = None) -> dict:
     """Build the image for ``arch`` into ``out_dir``; returns the manifest."""
     _require_root()
     recipe = load_recipe()
+    provisioning = provisioning or Provisioning()
+    provisioning.check()
     manifest_path = Path(str(binary) + ".manifest.json")
     if not binary.is_file() or not manifest_path.is_file():
         raise ImageBuildError(f"{binary} (and its .manifest.json) not found: run just binary")
@@ -383,6 +439,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path) 
     var = work / "var"
     (rootfs / "var").rename(var)
     (rootfs / "var").mkdir(mode=0o755)
+    image_info["provisioned"] = provisioning.install(var)
     root_img, state_img = work / "root.squashfs", work / "state.ext4"
     _squashfs(recipe, rootfs, root_img, epoch)
     _state_fs(var, state_img, recipe["state_partition_mb"], arch, epoch)
@@ -421,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--authorized-keys", type=Path, default=None,
                         help="root's SSH keys (default: a development key made beside "
                         "the image)")
+    parser.add_argument("--key-store", type=Path, default=None,
+                        help="the Doorman's API key store (`slm keys --key-store FILE "
+                        "create ...`; hashes only); default: first boot makes an admin key")
+    parser.add_argument("--tls-cert", type=Path, default=None,
+                        help="the Doorman's HTTPS certificate (PEM); default: first boot "
+                        "makes a self-signed one")
+    parser.add_argument("--tls-key", type=Path, default=None, help="its private key (PEM)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--prepare", action="store_true",
                         help="only make (or reuse) the Debian root file system, which needs "
@@ -435,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         binary = args.binary or (ROOT / "build/out/bin/slm" if args.arch == _host_arch()
                                  else ROOT / f"build/out/{args.arch}/bin/slm")
-        manifest = build(args.arch, binary, args.authorized_keys, out)
+        manifest = build(args.arch, binary, args.authorized_keys, out,
+                         Provisioning(args.key_store, args.tls_cert, args.tls_key))
     except ImageBuildError as exc:
         print(f"image: {exc.one_line()}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GUEST_HTTP_PORT = 8080  # image/overlay/etc/slm/slm.toml
+GUEST_HTTPS_PORT = 8443  # image/overlay/etc/slm/slm.toml (plain HTTP only on the guest's loopback)
+DEVICE_CERT = "/var/lib/slm-appliance/tls/device.crt"  # made at first boot
+ADMIN_KEY = "/var/lib/slm-appliance/admin-api-key"  # the first API key, root only
 QEMU = {
     "amd64": ["qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-cpu", "max"],
     "arm64": ["qemu-system-aarch64", "-M", "virt", "-accel", "tcg",
@@ -78,7 +81,19 @@ class ApplianceVM:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"https://127.0.0.1:{self.http_port}"
+
+    def tls(self) -> ssl.SSLContext:
+        """A client context that trusts the device's certificate (read over SSH, once per
+        VM: it lives on the state partition) and nothing else."""
+        cert = self.run_dir / "device.crt"
+        if not cert.is_file():
+            cert.write_text(self.ssh(f"cat {DEVICE_CERT}").stdout)
+        return ssl.create_default_context(cafile=str(cert))
+
+    def admin_key(self) -> str:
+        """The admin API key first boot made, as an operator reads it (root, over SSH)."""
+        return self.ssh(f"cat {ADMIN_KEY}").stdout.strip()
 
     def running(self) -> bool:
         pid = self._state().get("pid")
@@ -116,7 +131,7 @@ class ApplianceVM:
                "-append", (self.image_dir / "cmdline").read_text().strip(),
                "-drive", f"file={overlay},format=qcow2,if=virtio",
                "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22,"
-                          f"hostfwd=tcp:127.0.0.1:{http_port}-:{GUEST_HTTP_PORT}",
+                          f"hostfwd=tcp:127.0.0.1:{http_port}-:{GUEST_HTTPS_PORT}",
                "-device", "virtio-net-pci,netdev=n0",
                "-display", "none", "-serial", f"file:{console}",
                "-daemonize", "-pidfile", str(pidfile)]
@@ -174,14 +189,16 @@ class ApplianceVM:
 
     def get(self, path: str, timeout: float = 10) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            with urllib.request.urlopen(self.url + path, timeout=timeout,
+                                        context=self.tls()) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
     def wait_clean_boot(self, timeout: float = 900) -> dict:
         """The boots-clean gate: start-up finished with no failed unit and the Doorman
-        answers ``/ready`` 200 through the forwarded port. Returns measured seconds."""
+        answers ``/ready`` 200 over HTTPS (its device certificate trusted) through the
+        forwarded port. Returns measured seconds."""
         t0 = self._state()["started"]
         ssh_s = self.wait_ssh(timeout)
         ssh_at = time.time() - t0

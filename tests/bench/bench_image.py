@@ -31,8 +31,10 @@ CGROUP = "/sys/fs/cgroup/system.slice/slm.service"
 
 def _chat_seconds(vm: ApplianceVM) -> float:
     """One 4-token greedy chat completion through the forwarded port."""
+    tls, key = vm.tls(), vm.admin_key()
     began = time.monotonic()
-    response = httpx.post(vm.url + "/v1/chat/completions", timeout=900, json={
+    response = httpx.post(vm.url + "/v1/chat/completions", timeout=900, verify=tls,
+                          headers={"Authorization": f"Bearer {key}"}, json={
         "model": MODEL_ID, "max_tokens": 4, "temperature": 0,
         "messages": [{"role": "user", "content": "Hi."}]})
     response.raise_for_status()

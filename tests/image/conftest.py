@@ -14,12 +14,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import testinfra
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "image"))
-from vm import ApplianceVM  # noqa: E402
+from vm import ADMIN_KEY, ApplianceVM  # noqa: E402
 
 LEDGER = "/var/lib/slm/ledger.db"
 BOOT_TIMEOUT_S = 900  # TCG: amd64 boots clean in about a minute, arm64 in a few
@@ -62,15 +63,25 @@ def host(vm: ApplianceVM):
                               ssh_config=str(vm.ssh_config))
 
 
-def guest_http(method: str, path: str, body: str = "") -> str:
-    """A shell command that makes one HTTP/1.1 request to the Doorman from inside the
-    guest (bash's /dev/tcp: the image carries no HTTP client) and prints the response."""
-    request = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body.encode())}"
-               f"\r\n\r\n{body}")
+@pytest.fixture(scope="session")
+def doorman(vm: ApplianceVM) -> Iterator[httpx.Client]:
+    """The Doorman through the forwarded HTTPS port, as an operator's client: the device
+    certificate trusted, the admin key that first boot made."""
+    with httpx.Client(base_url=vm.url, verify=vm.tls(), timeout=900,
+                      headers={"Authorization": f"Bearer {vm.admin_key()}"}) as client:
+        yield client
+
+
+def guest_http(method: str, path: str, body: str = "", *, key: str | None = ADMIN_KEY) -> str:
+    """A shell command that makes one HTTP/1.1 request to the Doorman's plain loopback
+    listener from inside the guest (bash's /dev/tcp: the image carries no HTTP client),
+    with the API key read from the file ``key`` (None: no key), and prints the response."""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body.encode())}\r\n")
+    auth = f'"Authorization: Bearer $(cat {key})\r\n"' if key else "''"
     return ("bash -c " + shlex.quote(
-        f"exec 3<>/dev/tcp/127.0.0.1/8080 && printf %s {shlex.quote(request)} >&3 "
-        "&& timeout 900 cat <&3"))
+        f"exec 3<>/dev/tcp/127.0.0.1/8080 && printf %s%s%s {shlex.quote(head)} {auth} "
+        f"{shlex.quote(chr(13) + chr(10) + body)} >&3 && timeout 900 cat <&3"))
 
 
 def ledger_verify(host) -> tuple[int, str]:

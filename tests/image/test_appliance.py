@@ -23,12 +23,12 @@ def _chat_body(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def forwarded_chat(vm, host) -> tuple[httpx.Response, int, int]:
-    """One chat completion through the forwarded port, with the ledger's record count
-    before and after it."""
+def forwarded_chat(doorman, host) -> tuple[httpx.Response, int, int]:
+    """One chat completion through the forwarded HTTPS port with the admin key, with the
+    ledger's record count before and after it."""
     before = ledger_verify(host)[0]
-    response = httpx.post(vm.url + "/v1/chat/completions", content=_chat_body("Hi."),
-                          headers={"Content-Type": "application/json"}, timeout=900)
+    response = doorman.post("/v1/chat/completions", content=_chat_body("Hi."),
+                            headers={"Content-Type": "application/json"})
     return response, before, ledger_verify(host)[0]
 
 
@@ -58,7 +58,9 @@ def test_only_sshd_and_the_doorman_listen_beyond_loopback(host):
         sockets = host.check_output(f"ss -Hl{flags} | awk '{{print $4}}'").split()
         return {a for a in sockets if not a.startswith(("127.", "[::1]", "[::ffff:127."))}
 
-    assert beyond_loopback("tn") == {"0.0.0.0:22", "[::]:22", "0.0.0.0:8080"}
+    # the Doorman: HTTPS on 8443 for the network; its plain 127.0.0.1:8080 is loopback
+    assert beyond_loopback("tn") == {"0.0.0.0:22", "[::]:22", "0.0.0.0:8443"}
+    assert "127.0.0.1:8080" in host.check_output("ss -Hltn | awk '{print $4}'").split()
     # UDP: only networkd's DHCP clients (68 for DHCPv4, 546 for DHCPv6 on the interface)
     assert {a.rsplit(":", 1)[1] for a in beyond_loopback("un")} <= {"68", "546"}
 
@@ -106,8 +108,8 @@ def test_no_compiler_and_no_package_cache(host):
     assert host.check_output("ls /usr/share/man 2>/dev/null | wc -l") == "0"
 
 
-def test_journal_has_the_services_structured_entries(vm, host):
-    httpx.get(vm.url + "/v1/models", timeout=30)
+def test_journal_has_the_services_structured_entries(doorman, host):
+    doorman.get("/v1/models", timeout=30)
     lines = host.check_output("journalctl -b -u slm.service -o json --no-pager "
                               "SYSLOG_IDENTIFIER=slm").splitlines()
     entries = [json.loads(line) for line in lines]
@@ -200,7 +202,7 @@ def test_appliance_files_are_root_owned_and_not_writable_by_others(host, path):
     assert f.user == "root" and not f.mode & 0o022
 
 
-def test_document_ingest_in_the_guest(vm, host):
+def test_document_ingest_in_the_guest(doorman, host):
     """A PDF through the forwarded port, read by the compiled binary's limited child
     process under the hardened unit and sanitised. Last in this module: the child shares
     the service's memory cgroup, and test_memory_stays_under_the_budget_after_load
@@ -211,10 +213,10 @@ def test_document_ingest_in_the_guest(vm, host):
 
     pdf = document_files.pdf([["Appliance notes."],
                               ["Mail ops@example.com when the kiln overheats."]])
-    sent = httpx.post(vm.url + "/v1/documents", timeout=600,
-                      files={"file": ("notes.pdf", pdf, "application/pdf")})
+    sent = doorman.post("/v1/documents", timeout=600,
+                        files={"file": ("notes.pdf", pdf, "application/pdf")})
     assert sent.status_code == 201, sent.text
     card = sent.json()
     assert card["kind"] == "pdf" and card["sanitised"] == {"EMAIL": 1}
     assert card["chunks"] == 2  # one per page: the parser saw both pages
-    assert httpx.get(f"{vm.url}/v1/documents/{card['id']}", timeout=60).json() == card
+    assert doorman.get(f"/v1/documents/{card['id']}", timeout=60).json() == card

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 from conftest import ledger_verify
 
 
@@ -22,17 +21,17 @@ def _wait_ready(vm, timeout: float = 600) -> float:
     raise AssertionError(f"/ready not 200 within {timeout} s")
 
 
-def _recorded_request(vm) -> None:
+def _recorded_request(doorman) -> None:
     """A request the Doorman answers and records without running the model (an unknown
     model: 404); under TCG a completion costs a minute, and test_appliance ran those."""
-    response = httpx.post(vm.url + "/v1/chat/completions", timeout=120, json={
+    response = doorman.post("/v1/chat/completions", timeout=120, json={
         "model": "no-such-model", "messages": [{"role": "user", "content": "Still there?"}]})
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"]
 
 
-def test_killed_service_is_restarted_and_the_ledger_verifies(vm, host):
-    _recorded_request(vm)
+def test_killed_service_is_restarted_and_the_ledger_verifies(vm, host, doorman):
+    _recorded_request(doorman)
     count, _ = ledger_verify(host)
     pid = host.check_output("systemctl show -p MainPID --value slm.service")
     host.run_expect([0], "systemctl kill -s KILL slm.service")
@@ -43,7 +42,7 @@ def test_killed_service_is_restarted_and_the_ledger_verifies(vm, host):
     assert host.service("slm.service").is_running
     # every acknowledged record survived the SIGKILL
     assert ledger_verify(host)[0] == count
-    _recorded_request(vm)
+    _recorded_request(doorman)
     assert ledger_verify(host)[0] == count + 1
     print(f"ready again {took:.1f} s after SIGKILL")
 
@@ -77,8 +76,8 @@ def test_swapped_model_is_refused_and_the_service_does_not_start(vm, host, manif
     print(f"swapped model refused; ready again {took:.1f} s after it was put back")
 
 
-def test_reboot_keeps_the_state(vm, host):
-    _recorded_request(vm)
+def test_reboot_keeps_the_state(vm, host, doorman):
+    _recorded_request(doorman)
     count, head = ledger_verify(host)
     host_key = host.file("/var/lib/slm-appliance/ssh/ssh_host_ed25519_key.pub").content_string
     firstboot = host.file("/var/lib/slm-appliance/firstboot.done").content_string
@@ -88,7 +87,7 @@ def test_reboot_keeps_the_state(vm, host):
     assert host.file("/var/lib/slm-appliance/ssh/ssh_host_ed25519_key.pub"
                      ).content_string == host_key
     assert host.file("/var/lib/slm-appliance/firstboot.done").content_string == firstboot
-    _recorded_request(vm)
+    _recorded_request(doorman)  # the same device certificate and admin key after a reboot
     assert ledger_verify(host)[0] == count + 1
     # the prompt cache's directory for this model, on the persistent /var (a snapshot
     # needs a prompt of 64+ tokens: minutes under TCG; restarts are tested on the host)
