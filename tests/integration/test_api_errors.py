@@ -30,7 +30,7 @@ def assert_error(r, status, code=None, param=None):
         ({"model": TINY_ID, "messages": USER, "n": 2}, "n"),
         ({"model": TINY_ID, "messages": USER, "max_tokens": 0}, "max_tokens"),
         ({"model": TINY_ID, "messages": USER, "stop": ["a"] * 17}, "stop"),
-        ({"model": TINY_ID, "messages": USER, "stop": [""]}, "stop"),
+        ({"model": TINY_ID, "messages": USER, "stop": [""]}, "stop[0]"),
         ({"model": TINY_ID, "messages": USER, "logit_bias": {"99999": 1}}, "logit_bias"),
         ({"model": TINY_ID, "messages": []}, "messages"),
         ({"model": TINY_ID, "messages": "hello"}, "messages"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import time
 import uuid
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from slm.access.keys import ApiKey, KeyStoreError, Scope, find_key
-from slm.api import schemas
+from slm.api import openapi, schemas
 from slm.api.audit import Auditor
 from slm.api.context import RequestContext, log_request
 from slm.api.documents import DocumentRoutes, cite
@@ -53,7 +54,7 @@ from slm.upstream.router import LocalTarget, RemoteTarget, Target
 log = logging.getLogger("slm.api")
 
 Handler = Callable[[Request, RequestContext], Awaitable[Response]]
-UNLOGGED = frozenset({"health", "ready", "metrics"})
+UNLOGGED = frozenset({"health", "ready", "metrics", "openapi"})
 SPENDS_TOKENS = frozenset({"chat", "completions", "embeddings"})  # under a key's budgets
 
 
@@ -76,6 +77,8 @@ class DoormanAPI:
         self.documents = DocumentRoutes(doorman)
         self.hand_over = HandOverRule(overflow_to_b=settings.overflow_to_b,
                                       fallback_to_b=settings.fallback_to_b)
+        models = [doorman.model_id, *doorman.adapters.model_ids(), *doorman.router.by_model]
+        self._openapi = json.dumps(openapi.document(models)).encode()
 
     # -- the endpoint wrapper -----------------------------------------------------------
 
@@ -204,6 +207,9 @@ class DoormanAPI:
         self.d.require_ledger()
         return JSONResponse({"status": "ready", "model": self.d.model_id})
 
+    async def openapi(self, request: Request, ctx: RequestContext) -> Response:
+        return Response(self._openapi, media_type="application/json")
+
     async def metrics(self, request: Request, ctx: RequestContext) -> Response:
         return Response(self.d.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -290,38 +296,46 @@ async def _purge_documents(doorman: Doorman) -> None:
         doorman.documents.purge()
 
 
+def _by_method(path: str, endpoints: dict[str, Callable[[Request], Awaitable[Response]]]
+               ) -> Route:
+    """One route for ``path`` whose methods go to their own endpoints, so a wrong method
+    gets one 405 whose ``Allow`` lists every method of the path."""
+    if "GET" in endpoints:
+        endpoints = {**endpoints, "HEAD": endpoints["GET"]}
+
+    async def dispatch(request: Request) -> Response:
+        return await endpoints[request.method](request)
+
+    return Route(path, dispatch, methods=list(endpoints))
+
+
 def create_app(doorman: Doorman) -> Starlette:
     """The Starlette application serving ``doorman``."""
     api = DoormanAPI(doorman)
-    e = api.endpoint
-    routes = [
-        Route("/health", e("health", api.health, auth=False), methods=["GET"]),
-        Route("/ready", e("ready", api.ready, auth=False), methods=["GET"]),
-        Route("/metrics", e("metrics", api.metrics, scope=Scope.ADMIN), methods=["GET"]),
-        Route("/v1/models", e("models", api.models.models), methods=["GET"]),
-        Route("/v1/models/{model:path}", e("models", api.models.model), methods=["GET"]),
-        Route("/v1/adapters", e("models", api.models.adapters, scope=Scope.ADMIN),
-              methods=["GET"]),
-        Route("/v1/usage", e("usage", api.usage, scope=None), methods=["GET"]),
-        Route("/v1/chat/completions", e("chat", api.chat_completions), methods=["POST"]),
-        Route("/v1/completions", e("completions", api.completions), methods=["POST"]),
-        Route("/v1/embeddings", e("embeddings", api.embeddings), methods=["POST"]),
-        Route("/v1/documents", e("documents", api.documents.ingest, scope=Scope.DOCUMENTS),
-              methods=["POST"]),
-        Route("/v1/documents", e("documents_read", api.documents.list,
-                                 scope=Scope.DOCUMENTS), methods=["GET"]),
-        Route("/v1/documents/{doc_id}", e("documents_read", api.documents.get,
-                                          scope=Scope.DOCUMENTS), methods=["GET"]),
-        Route("/v1/documents/{doc_id}", e("documents_delete", api.documents.delete,
-                                          scope=Scope.DOCUMENTS), methods=["DELETE"]),
-    ]
+    handlers: dict[str, Handler] = {  # operation id → handler (slm.api.openapi.OPERATIONS)
+        "health": api.health, "ready": api.ready, "openapi": api.openapi,
+        "metrics": api.metrics, "listModels": api.models.models, "getModel": api.models.model,
+        "listAdapters": api.models.adapters, "getUsage": api.usage,
+        "createChatCompletion": api.chat_completions, "createCompletion": api.completions,
+        "createEmbedding": api.embeddings, "uploadDocument": api.documents.ingest,
+        "listDocuments": api.documents.list, "getDocument": api.documents.get,
+        "deleteDocument": api.documents.delete,
+    }
+    by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
+    for op in openapi.OPERATIONS:  # the routes are the document's operations, no more
+        by_path.setdefault(op.route, {})[op.method.upper()] = api.endpoint(
+            op.endpoint, handlers.pop(op.operation_id), auth=op.scope is not False,
+            scope=op.scope if isinstance(op.scope, Scope) else None)
+    assert not handlers, f"handlers without an operation: {sorted(handlers)}"
+    routes = [_by_method(path, endpoints) for path, endpoints in by_path.items()]
 
     async def http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
             return http_error_response(404, f"no route for {request.url.path}")
-        if exc.status_code == 405:
-            return http_error_response(405, f"method {request.method} not allowed here")
+        if exc.status_code == 405:  # Allow: the methods the route has
+            return http_error_response(405, f"method {request.method} not allowed here",
+                                       headers=exc.headers)
         return http_error_response(exc.status_code, str(exc.detail))
 
     async def server_error(request: Request, exc: Exception) -> Response:

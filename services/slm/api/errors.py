@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import ParamSpec, TypeVar
 
 from starlette.responses import JSONResponse
@@ -86,7 +86,10 @@ def error_response(exc: RequestError, request_id: str | None = None) -> JSONResp
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
-def http_error_response(status: int, message: str) -> JSONResponse:
+def http_error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     """An OpenAI-shaped response for routing errors (unknown path, wrong method)."""
     type_ = _HTTP_STATUS_TYPES.get(status, "invalid_request_error")
-    return JSONResponse(error_body(message, type_, code=status), status_code=status)
+    return JSONResponse(error_body(message, type_, code=status), status_code=status,
+                        headers=headers)

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, assert_never
 
 import msgspec
+from msgspec import Meta
 
 from slm.errors import InvalidRequest
 from slm.errors import Unsupported as Unsupported  # re-exported: the API raises schemas.Unsupported
 
 MAX_STOP_SEQUENCES = 16
-CHAT_ROLES = {"system", "developer", "user", "assistant"}
+Role = Literal["system", "developer", "user", "assistant"]
+# The ranges live in the types: msgspec refuses what is out of range (400 naming the field)
+# and /openapi.json publishes the same bounds.
+Tokens = Annotated[int, Meta(ge=1)]
+StopSequence = Annotated[str, Meta(min_length=1)]
+TokenId = Annotated[str, Meta(pattern="^[0-9]{1,9}$", description="a token id")]
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -25,7 +31,7 @@ class ContentPart(msgspec.Struct, kw_only=True):
 
 
 class Message(msgspec.Struct, kw_only=True):
-    role: str
+    role: Role
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
@@ -42,7 +48,7 @@ class JsonSchemaSpec(msgspec.Struct, kw_only=True):
 
 
 class ResponseFormat(msgspec.Struct, kw_only=True):
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
 
 
@@ -50,27 +56,31 @@ class _Sampling(msgspec.Struct, kw_only=True):
     """Fields shared by chat and text completions."""
 
     model: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    max_tokens: Tokens | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(gt=0, le=1)] | None = None
     seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int | None = None
+    stop: (StopSequence | Annotated[list[StopSequence], Meta(max_length=MAX_STOP_SEQUENCES)]
+           | None) = None
+    n: Annotated[int, Meta(ge=1, le=1, description="only 1 is supported")] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2, le=2)] | None = None
+    logit_bias: dict[TokenId, Annotated[float, Meta(ge=-100, le=100)]] | None = None
     logprobs: bool | int | None = None
     user: str | None = None
 
 
 class ChatCompletionRequest(_Sampling, kw_only=True):
-    messages: list[Message]
-    max_completion_tokens: int | None = None
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    max_completion_tokens: Tokens | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     top_logprobs: int | None = None
+    # ids of ingested documents whose excerpts join the prompt (taken out of the body
+    # before it is typed: see slm.api.documents.DocumentRoutes.expand)
+    documents: Annotated[list[str], Meta(min_length=1)] | None = None
 
 
 class CompletionRequest(_Sampling, kw_only=True):
@@ -122,25 +132,8 @@ def validate(obj: dict[str, Any], kind: type[S]) -> S:
         raise InvalidRequest("request body is nested too deeply") from None
 
 
-def _range(name: str, value: float | None, low: float, high: float) -> None:
-    if value is not None and not (low <= value <= high):
-        raise InvalidRequest(f"{name} must be between {low} and {high}, got {value}", param=name)
-
-
 def check_sampling(req: _Sampling) -> None:
-    """Refuse out-of-range sampling values and features we do not implement."""
-    _range("temperature", req.temperature, 0.0, 2.0)
-    _range("top_p", req.top_p, 0.0, 1.0)
-    _range("frequency_penalty", req.frequency_penalty, -2.0, 2.0)
-    _range("presence_penalty", req.presence_penalty, -2.0, 2.0)
-    if req.top_p is not None and req.top_p <= 0:
-        raise InvalidRequest("top_p must be greater than 0", param="top_p")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = getattr(req, name, None)
-        if value is not None and value < 1:
-            raise InvalidRequest(f"{name} must be at least 1", param=name)
-    if req.n not in (None, 1):
-        raise Unsupported("only n=1 is supported", param="n")
+    """Refuse what tier A does not implement (the types hold the ranges)."""
     if req.logprobs:
         raise Unsupported("logprobs are not supported", param="logprobs")
     if req.stream_options is not None and not req.stream:
@@ -149,48 +142,30 @@ def check_sampling(req: _Sampling) -> None:
 
 
 def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
-    """The request's stop strings as a tuple, checked."""
+    """The request's stop strings as a tuple (their count and lengths are typed)."""
     if stop is None:
         return ()
-    items = [stop] if isinstance(stop, str) else stop
-    if len(items) > MAX_STOP_SEQUENCES:
-        raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences", param="stop")
-    if any(not s for s in items):
-        raise InvalidRequest("stop sequences must not be empty", param="stop")
-    return tuple(items)
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 def logit_bias(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
-    """``{"token id": bias}`` as pairs, with ids in the vocabulary and bias in [-100, 100]."""
+    """``{"token id": bias}`` as pairs (ids and biases are typed), ids in the vocabulary."""
     if not bias:
         return ()
     out = []
     for key, value in bias.items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise InvalidRequest(f"logit_bias key {key!r} is not a token id",
-                                 param="logit_bias") from None
-        if not 0 <= token < n_vocab:
+        token = int(key)
+        if token >= n_vocab:
             raise InvalidRequest(f"logit_bias token {token} is not in the vocabulary",
                                  param="logit_bias")
-        _range("logit_bias", value, -100.0, 100.0)
         out.append((token, float(value)))
     return tuple(out)
 
 
 def chat_messages(messages: list[Message]) -> list[dict[str, str]]:
     """Messages as plain dicts for the chat template; text content only."""
-    if not messages:
-        raise InvalidRequest("messages must not be empty", param="messages")
     out = []
-    for i, msg in enumerate(messages):
-        if msg.role not in CHAT_ROLES:
-            raise InvalidRequest(
-                f"messages[{i}].role {msg.role!r} is not one of "
-                f"{', '.join(sorted(CHAT_ROLES))}",
-                param=f"messages[{i}].role",
-            )
+    for i, msg in enumerate(messages):  # at least one, each of a known role (typed)
         content = msg.content
         if isinstance(content, list):
             texts = []
@@ -231,7 +206,4 @@ def grammar_for(fmt: ResponseFormat | None) -> str | None:
                 param="response_format.json_schema.schema",
             ) from None
         return grammar
-    raise InvalidRequest(
-        f"response_format.type {fmt.type!r} is not one of text, json_object, json_schema",
-        param="response_format.type",
-    )
+    assert_never(fmt.type)
