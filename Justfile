@@ -53,6 +53,11 @@ licenses: setup
         --json build/out/licenses.json --sbom build/out/sbom.cdx.json
 
 # the memory-budget gate: the service under full-context load vs policy/budget.toml and the planner
+# a bounded load test of `slm serve` on loopback (mixed endpoints, streams, cancellations,
+# bad requests): memory and descriptors after warm-up vs at the end, ledger == requests
+soak MINUTES="20": setup
+    {{bin}}/python tests/bench/soak.py {{MINUTES}}
+
 budget *ARGS: setup
     {{bin}}/slm-gate budget --json build/out/budget.json {{ARGS}}
 

@@ -90,17 +90,26 @@ class Cgroup:
                 pass
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (children of every thread)."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (children of every thread); a process that ends
+    meanwhile is left out."""
     out = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            out += _tree(int(child))
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                out += process_tree(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
     return out
 
 
-def _status_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def status_kb(pid: int, field: str) -> int:
+    """One ``kB`` field of ``/proc/PID/status`` (0 once the process is gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    for line in lines:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
@@ -196,8 +205,8 @@ def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int 
             t.join()
         if errors:
             raise RuntimeError(f"load requests failed: {errors[:3]}")
-        pids = _tree(proc.pid)
-        hwm = sum(_status_kb(p, "VmHWM") for p in pids) * 1024
+        pids = process_tree(proc.pid)
+        hwm = sum(status_kb(p, "VmHWM") for p in pids) * 1024
         pss = sum(_pss_kb(p) for p in pids) * 1024
         return {"peak_rss": hwm, "pss": pss, "cgroup_peak": cgroup.peak()}
     finally:
