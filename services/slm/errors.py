@@ -122,6 +122,13 @@ class KeyStoreUnavailable(RequestError):
     code = "key_store_unavailable"
 
 
+class Conflict(RequestError):
+    """The request conflicts with what exists (409): a key name taken, a key revoked."""
+
+    status = 409
+    code = "conflict"
+
+
 class NotFound(RequestError):
     """Unknown model or route (404)."""
 

@@ -117,3 +117,12 @@ def test_the_loopback_listener_needs_a_key_too(host):
     assert host.check_output(guest_http("GET", "/v1/models", key=None)).startswith(
         "HTTP/1.1 401")
     assert host.check_output(guest_http("GET", "/v1/models")).startswith("HTTP/1.1 200")
+
+
+def test_an_admin_key_makes_and_revokes_keys_over_https(https, doorman):
+    made = doorman.post("/v1/keys", json={"name": "image-check-api", "scopes": ["inference"]})
+    assert made.status_code == 201, made.text
+    key = made.json()["key"]
+    assert https.get("/v1/models", headers=_bearer(key)).status_code == 200
+    assert doorman.delete("/v1/keys/image-check-api").status_code == 200
+    assert https.get("/v1/models", headers=_bearer(key)).status_code == 401

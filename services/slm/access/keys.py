@@ -46,6 +46,16 @@ class KeyStoreError(SlmError):
     """The key store cannot be read or written, or a key operation is refused."""
 
 
+class KeyRefused(KeyStoreError):
+    """A change the store refuses: ``reason`` is ``invalid`` (a bad name, scope or limit),
+    ``exists`` (the name was taken, perhaps by a revoked key), ``unknown`` (no such key)
+    or ``revoked`` (already)."""
+
+    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
 class Scope(StrEnum):
     """What a key may do: ``inference`` (chat, completions, embeddings), ``documents``
     (upload, list, delete, cite), ``admin`` (metrics, adapters, keys)."""
@@ -113,8 +123,8 @@ def hash_key(key: str) -> str:
 
 def check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise KeyStoreError(f"bad key name {name!r}",
-                            hint="lowercase letters, digits, '.', '-' or '_', at most 64")
+        raise KeyRefused(f"bad key name {name!r}", reason="invalid",
+                         hint="lowercase letters, digits, '.', '-' or '_', at most 64")
     return name
 
 
@@ -180,18 +190,19 @@ class KeyStore:
         no limit."""
         check_name(name)
         if not scopes:
-            raise KeyStoreError("a key needs at least one scope",
-                                hint=f"--scope {','.join(s.value for s in Scope)}")
+            raise KeyRefused("a key needs at least one scope", reason="invalid",
+                             hint=f"--scope {','.join(s.value for s in Scope)}")
         limits = {"rpm": rpm, "tpm": tpm, "tokens_per_day": tokens_per_day,
                   "tokens_per_month": tokens_per_month}
         for limit_name, limit in limits.items():
             if limit is not None and limit < 1:
-                raise KeyStoreError(f"--{limit_name.replace('_', '-')} must be at least 1")
+                raise KeyRefused(f"--{limit_name.replace('_', '-')} must be at least 1",
+                                 reason="invalid")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         with self._writing() as keys:
             if any(k.name == name for k in keys):
-                raise KeyStoreError(f"a key named {name!r} exists already",
-                                    hint="names are never reused, even after a revocation")
+                raise KeyRefused(f"a key named {name!r} exists already", reason="exists",
+                                 hint="names are never reused, even after a revocation")
             keys.append(ApiKey(name=name, sha256=hash_key(secret), scopes=scopes, rpm=rpm,
                                tpm=tpm, tokens_per_day=tokens_per_day,
                                tokens_per_month=tokens_per_month, created=_now()))
@@ -203,10 +214,11 @@ class KeyStore:
             for i, key in enumerate(keys):
                 if key.name == name:
                     if not key.active:
-                        raise KeyStoreError(f"key {name!r} was revoked already ({key.revoked})")
+                        raise KeyRefused(f"key {name!r} was revoked already ({key.revoked})",
+                                         reason="revoked")
                     keys[i] = dataclasses.replace(key, revoked=_now())
                     return keys[i]
-        raise KeyStoreError(f"no key named {name!r}")
+        raise KeyRefused(f"no key named {name!r}", reason="unknown")
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[list[ApiKey]]:
@@ -216,6 +228,9 @@ class KeyStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lock_fd = os.open(self.path.with_name(self.path.name + ".lock"),
                               os.O_RDWR | os.O_CREAT, 0o600)
+            if os.geteuid() == 0:  # so that the service can take the lock too
+                owner = self.path.parent.stat()
+                os.fchown(lock_fd, owner.st_uid, owner.st_gid)
         except OSError as exc:
             raise KeyStoreError(f"cannot write the key store {self.path}: {exc.strerror}") \
                 from None
@@ -271,8 +286,8 @@ def parse_scopes(text: str) -> frozenset[Scope]:
         try:
             scopes.add(Scope(part))
         except ValueError:
-            raise KeyStoreError(f"unknown scope {part!r}",
-                                hint=f"one of {', '.join(s.value for s in Scope)}") from None
+            raise KeyRefused(f"unknown scope {part!r}", reason="invalid",
+                             hint=f"one of {', '.join(s.value for s in Scope)}") from None
     return frozenset(scopes)
 
 

@@ -32,6 +32,7 @@ from slm.api.audit import Auditor
 from slm.api.context import RequestContext, log_request
 from slm.api.documents import DocumentRoutes, cite
 from slm.api.errors import as_request_error, error_response, http_error_response
+from slm.api.keys import KeyRoutes
 from slm.api.local import LocalTier
 from slm.api.models import ModelRoutes, check_model
 from slm.api.pipeline import HandOverRule, Sanitised, sanitise, serve
@@ -75,6 +76,7 @@ class DoormanAPI:
         self.relay = Relay(doorman.router, self.auditor)
         self.models = ModelRoutes(doorman)
         self.documents = DocumentRoutes(doorman)
+        self.keys = KeyRoutes(doorman)
         self.hand_over = HandOverRule(overflow_to_b=settings.overflow_to_b,
                                       fallback_to_b=settings.fallback_to_b)
         models = [doorman.model_id, *doorman.adapters.model_ids(), *doorman.router.by_model]
@@ -319,7 +321,8 @@ def create_app(doorman: Doorman) -> Starlette:
         "createChatCompletion": api.chat_completions, "createCompletion": api.completions,
         "createEmbedding": api.embeddings, "uploadDocument": api.documents.ingest,
         "listDocuments": api.documents.list, "getDocument": api.documents.get,
-        "deleteDocument": api.documents.delete,
+        "deleteDocument": api.documents.delete, "listKeys": api.keys.list,
+        "createKey": api.keys.create, "revokeKey": api.keys.revoke,
     }
     by_path: dict[str, dict[str, Callable[[Request], Awaitable[Response]]]] = {}
     for op in openapi.OPERATIONS:  # the routes are the document's operations, no more

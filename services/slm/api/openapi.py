@@ -134,6 +134,29 @@ class Deleted(msgspec.Struct):
     deleted: bool
 
 
+class KeyCard(msgspec.Struct):
+    object: str
+    name: str
+    scopes: list[str]
+    rpm: int | None
+    tpm: int | None
+    tokens_per_day: int | None
+    tokens_per_month: int | None
+    created: str
+    revoked: str | None
+
+
+class NewKey(KeyCard):
+    """A key as made: the only response that carries the key itself."""
+
+    key: str
+
+
+class KeyList(msgspec.Struct):
+    object: str
+    data: list[KeyCard]
+
+
 class Period(msgspec.Struct):
     period: str
     tokens: int
@@ -165,8 +188,9 @@ STATUS_MEANING = {
     400: "invalid request (the message names the parameter)",
     401: "no API key, or one that is unknown or revoked",
     403: "the key lacks this endpoint's scope, or an upstream is not allowed",
-    404: "unknown model, document or route",
+    404: "unknown model, document, key or route",
     405: "method not allowed",
+    409: "the key name is taken (names are never reused), or the key was revoked already",
     413: "request or document too large",
     429: "rate limit, token budget or queue full (Retry-After)",
     499: "the client closed the connection",
@@ -257,6 +281,14 @@ OPERATIONS = (
     Operation("/v1/documents/{doc_id}", "delete", "deleteDocument", "documents_delete",
               "Forget a document",
               Scope.DOCUMENTS, ok=Deleted, errors=(*AUTH, 404), path_params=("doc_id",)),
+    Operation("/v1/keys", "get", "listKeys", "keys", "Every API key (never a key itself)",
+              Scope.ADMIN, ok=KeyList),
+    Operation("/v1/keys", "post", "createKey", "keys_create", "Make a named key: the "
+              "response shows it, once", Scope.ADMIN, ok_status=201, ok=NewKey,
+              body=schemas.KeyCreateRequest, errors=(*AUTH, 400, 409, 413)),
+    Operation("/v1/keys/{name}", "delete", "revokeKey", "keys_revoke", "Revoke a key (from "
+              "its next request on)", Scope.ADMIN, ok=KeyCard, errors=(*AUTH, 400, 404, 409),
+              path_params=("name",)),
 )
 
 
@@ -274,8 +306,9 @@ def document(model_ids: list[str] | None = None) -> dict[str, Any]:
         types, ref_template="#/components/schemas/{name}")
     schema_of = dict(zip(map(id, types), refs, strict=True))
     for op in OPERATIONS:
-        if op.body is not None and model_ids:
-            components[op.body.__name__]["properties"]["model"]["examples"] = model_ids
+        properties = components[op.body.__name__]["properties"] if op.body else {}
+        if "model" in properties and model_ids:
+            properties["model"]["examples"] = model_ids
     error = {"description": "", "content": {"application/json": {
         "schema": schema_of[id(ErrorResponse)]}}}
     paths: dict[str, dict[str, Any]] = {}

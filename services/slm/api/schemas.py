@@ -98,6 +98,21 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     user: str | None = None
 
 
+Limit = Annotated[int, Meta(ge=1)]
+
+
+class KeyCreateRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/keys``: a named key (the name as the ledger will record it)."""
+
+    name: Annotated[str, Meta(pattern="^[a-z0-9][a-z0-9_.-]{0,63}$")]
+    scopes: Annotated[list[Literal["inference", "documents", "admin"]],
+                      Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["inference"])
+    rpm: Limit | None = None
+    tpm: Limit | None = None
+    tokens_per_day: Limit | None = None
+    tokens_per_month: Limit | None = None
+
+
 S = TypeVar("S", bound=msgspec.Struct)
 
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
