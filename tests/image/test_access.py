@@ -1,6 +1,7 @@
 """Who gets into the appliance's Doorman: from the host through the forwarded port, over
 HTTPS with the device certificate first boot made, with a key of the right scope only;
-keys made and revoked by root over SSH, as an operator would. `just test-image ARCH`."""
+keys made and revoked by root over SSH (`slm keys`) and by the admin key over HTTPS
+(`/v1/keys`). `just test-image ARCH`."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def _create_key(host, name: str, scope: str) -> str:
-    key = host.check_output(f"slm keys --config {CONFIG} create {name} --scope {scope}")
-    assert key.startswith("slm-")
-    return key
+def _create_key(doorman, name: str, scope: str) -> str:
+    """A key made over HTTPS by the admin key (fast: no `slm` start under TCG)."""
+    made = doorman.post("/v1/keys", json={"name": name, "scopes": [scope]})
+    assert made.status_code == 201, made.text
+    return made.json()["key"]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +72,8 @@ def test_no_key_is_401_and_a_bad_one_too(https):
     assert https.get("/v1/models", headers=_bearer("slm-not-a-key")).status_code == 401
 
 
-def test_a_key_of_the_wrong_scope_is_403(host, https):
-    docs = _create_key(host, "image-check-docs", "documents")
+def test_a_key_of_the_wrong_scope_is_403(doorman, https):
+    docs = _create_key(doorman, "image-check-docs", "documents")
     assert https.get("/v1/documents", headers=_bearer(docs)).status_code == 200
     for path in ("/v1/models", "/metrics", "/v1/adapters"):
         denied = https.get(path, headers=_bearer(docs))
@@ -80,7 +82,9 @@ def test_a_key_of_the_wrong_scope_is_403(host, https):
 
 
 def test_a_revoked_key_is_401_without_a_restart(host, https):
-    key = _create_key(host, "image-check-revoked", "inference")
+    """Made and revoked by root over SSH, as an operator would."""
+    key = host.check_output(f"slm keys --config {CONFIG} create image-check-revoked")
+    assert key.startswith("slm-")
     pid = host.check_output("systemctl show -p MainPID --value slm.service")
     assert https.get("/v1/models", headers=_bearer(key)).status_code == 200
     host.check_output(f"slm keys --config {CONFIG} revoke image-check-revoked")
@@ -88,8 +92,8 @@ def test_a_revoked_key_is_401_without_a_restart(host, https):
     assert host.check_output("systemctl show -p MainPID --value slm.service") == pid
 
 
-def test_the_ledger_names_the_key_never_the_key_itself(vm, host, https):
-    key = _create_key(host, "image-check-ledger", "inference")
+def test_the_ledger_names_the_key_never_the_key_itself(vm, host, https, doorman):
+    key = _create_key(doorman, "image-check-ledger", "inference")
     sent = https.post("/v1/chat/completions", headers=_bearer(key), timeout=600, json={
         "model": "no-such-model", "messages": [{"role": "user", "content": "Who am I?"}]})
     assert sent.status_code == 404  # recorded without running the model (TCG is slow)
@@ -106,8 +110,8 @@ def test_the_ledger_names_the_key_never_the_key_itself(vm, host, https):
     assert key not in exported and vm.admin_key() not in exported
 
 
-def test_usage_tells_the_key_what_it_used(https, host):
-    key = _create_key(host, "image-check-usage", "inference")
+def test_usage_tells_the_key_what_it_used(https, doorman):
+    key = _create_key(doorman, "image-check-usage", "inference")
     https.get("/v1/models", headers=_bearer(key))
     usage = https.get("/v1/usage", headers=_bearer(key)).json()
     assert usage["key"] == "image-check-usage" and usage["minute"]["requests"] == 2
@@ -119,10 +123,8 @@ def test_the_loopback_listener_needs_a_key_too(host):
     assert host.check_output(guest_http("GET", "/v1/models")).startswith("HTTP/1.1 200")
 
 
-def test_an_admin_key_makes_and_revokes_keys_over_https(https, doorman):
-    made = doorman.post("/v1/keys", json={"name": "image-check-api", "scopes": ["inference"]})
-    assert made.status_code == 201, made.text
-    key = made.json()["key"]
+def test_an_admin_key_revokes_keys_over_https(https, doorman):
+    key = _create_key(doorman, "image-check-api", "inference")
     assert https.get("/v1/models", headers=_bearer(key)).status_code == 200
     assert doorman.delete("/v1/keys/image-check-api").status_code == 200
     assert https.get("/v1/models", headers=_bearer(key)).status_code == 401
