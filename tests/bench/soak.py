@@ -8,8 +8,9 @@ runs the default model (or SLM_SOAK_MODEL) with its prompt cache off (a bounded 
 fills would read as growth) under a key store with two keys.
 
 Printed: requests by endpoint and by status, memory (RssAnon + VmSwap, so that a leak
-cannot hide in swap, and VmRSS) of the service's process tree after the warm-up and at the
-end, open file descriptors then and at the end, ledger records against the audited
+cannot hide in swap, and VmRSS) of the service's processes (the one-file launcher and the
+service; the document readers, which come and go, left out) after the warm-up and at the
+end, their open file descriptors then and at the end, ledger records against the audited
 requests sent, and the chain's verification. Exits 1 (one line per reason) when memory grew
 5 MB or more after the warm-up, descriptors grew, a 5xx other than a declared 503/504 came
 back, the ledger does not hold exactly one record per audited request and every
@@ -55,16 +56,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def service_pids(pid: int) -> list[int]:
+    """``pid``'s process tree (the one-file launcher and the service) without the document
+    readers, which come and go with each upload."""
+    def reader(p: int) -> bool:
+        try:
+            return b"extract-text" in Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            return True  # gone already
+    return [p for p in process_tree(pid) if not reader(p)]
+
+
 def memory_kb(pid: int) -> tuple[int, int]:
-    """(RssAnon + VmSwap, VmRSS) of ``pid``'s process tree, in kB."""
-    pids = process_tree(pid)
+    """(RssAnon + VmSwap, VmRSS) of the service's processes, in kB."""
+    pids = service_pids(pid)
     anon = sum(status_kb(p, "RssAnon") + status_kb(p, "VmSwap") for p in pids)
     return anon, sum(status_kb(p, "VmRSS") for p in pids)
 
 
 def open_fds(pid: int) -> int:
     total = 0
-    for p in process_tree(pid):
+    for p in service_pids(pid):
         try:
             total += len(os.listdir(f"/proc/{p}/fd"))
         except FileNotFoundError:
