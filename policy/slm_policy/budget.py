@@ -191,14 +191,12 @@ def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int 
         errors: list[str] = []
 
         def client(k: int) -> None:
-            # one full-context request each, streamed and not in turn: tier A runs one at a
-            # time, so the peak is one full context's whichever client's it is, and both
-            # answer paths are in it (a second round per client only doubled the time)
-            body = {"model": model_id, "prompt": f"{k} " + "lighthouse keeper " * repeats,
-                    "max_tokens": 48, "temperature": 0, "stream": k % 2 == 1}
-            status, _ = _request(port, "/v1/completions", body)
-            if status != 200:
-                errors.append(f"HTTP {status}")
+            for stream in (False, True):
+                body = {"model": model_id, "prompt": f"{k} " + "lighthouse keeper " * repeats,
+                        "max_tokens": 48, "temperature": 0, "stream": stream}
+                status, _ = _request(port, "/v1/completions", body)
+                if status != 200:
+                    errors.append(f"HTTP {status}")
 
         threads_ = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
         for t in threads_:
