@@ -12,12 +12,9 @@ import time
 import httpx
 import pytest
 from conftest import LEDGER, guest_http
+from support.server import bearer
 
 CONFIG = "/etc/slm/slm.toml"
-
-
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def _create_key(doorman, name: str, scope: str) -> str:
@@ -69,14 +66,14 @@ def test_no_key_is_401_and_a_bad_one_too(https):
         refused = https.get(path)
         assert refused.status_code == 401, path
         assert refused.json()["error"]["type"] == "authentication_error"
-    assert https.get("/v1/models", headers=_bearer("slm-not-a-key")).status_code == 401
+    assert https.get("/v1/models", headers=bearer("slm-not-a-key")).status_code == 401
 
 
 def test_a_key_of_the_wrong_scope_is_403(doorman, https):
     docs = _create_key(doorman, "image-check-docs", "documents")
-    assert https.get("/v1/documents", headers=_bearer(docs)).status_code == 200
+    assert https.get("/v1/documents", headers=bearer(docs)).status_code == 200
     for path in ("/v1/models", "/metrics", "/v1/adapters"):
-        denied = https.get(path, headers=_bearer(docs))
+        denied = https.get(path, headers=bearer(docs))
         assert denied.status_code == 403, path
         assert denied.json()["error"]["type"] == "permission_error"
 
@@ -86,15 +83,15 @@ def test_a_revoked_key_is_401_without_a_restart(host, https):
     key = host.check_output(f"slm keys --config {CONFIG} create image-check-revoked")
     assert key.startswith("slm-")
     pid = host.check_output("systemctl show -p MainPID --value slm.service")
-    assert https.get("/v1/models", headers=_bearer(key)).status_code == 200
+    assert https.get("/v1/models", headers=bearer(key)).status_code == 200
     host.check_output(f"slm keys --config {CONFIG} revoke image-check-revoked")
-    assert https.get("/v1/models", headers=_bearer(key)).status_code == 401
+    assert https.get("/v1/models", headers=bearer(key)).status_code == 401
     assert host.check_output("systemctl show -p MainPID --value slm.service") == pid
 
 
 def test_the_ledger_names_the_key_never_the_key_itself(vm, host, https, doorman):
     key = _create_key(doorman, "image-check-ledger", "inference")
-    sent = https.post("/v1/chat/completions", headers=_bearer(key), timeout=600, json={
+    sent = https.post("/v1/chat/completions", headers=bearer(key), timeout=600, json={
         "model": "no-such-model", "messages": [{"role": "user", "content": "Who am I?"}]})
     assert sent.status_code == 404  # recorded without running the model (TCG is slow)
     request_id = sent.headers["x-request-id"]
@@ -112,8 +109,8 @@ def test_the_ledger_names_the_key_never_the_key_itself(vm, host, https, doorman)
 
 def test_usage_tells_the_key_what_it_used(https, doorman):
     key = _create_key(doorman, "image-check-usage", "inference")
-    https.get("/v1/models", headers=_bearer(key))
-    usage = https.get("/v1/usage", headers=_bearer(key)).json()
+    https.get("/v1/models", headers=bearer(key))
+    usage = https.get("/v1/usage", headers=bearer(key)).json()
     assert usage["key"] == "image-check-usage" and usage["minute"]["requests"] == 2
 
 
@@ -125,6 +122,6 @@ def test_the_loopback_listener_needs_a_key_too(host):
 
 def test_an_admin_key_revokes_keys_over_https(https, doorman):
     key = _create_key(doorman, "image-check-api", "inference")
-    assert https.get("/v1/models", headers=_bearer(key)).status_code == 200
+    assert https.get("/v1/models", headers=bearer(key)).status_code == 200
     assert doorman.delete("/v1/keys/image-check-api").status_code == 200
-    assert https.get("/v1/models", headers=_bearer(key)).status_code == 401
+    assert https.get("/v1/models", headers=bearer(key)).status_code == 401

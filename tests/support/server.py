@@ -18,6 +18,11 @@ TINY_ID = "tiny"
 EOG_BIAS = {"2": -100, "4": -100}  # bans </s> and <|im_end|>: generation runs to max_tokens
 
 
+def bearer(key: str) -> dict[str, str]:
+    """The header that presents API key ``key``."""
+    return {"Authorization": f"Bearer {key}"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -92,6 +92,11 @@ class ApiKey:
                 **{name: getattr(self, name) for name in LIMITS},
                 "created": self.created, "revoked": self.revoked}
 
+    def public_json(self) -> dict[str, Any]:
+        """What may be shown of the key (``slm keys list --json``, ``/v1/keys``): all but
+        its hash."""
+        return {k: v for k, v in self.to_json().items() if k != "sha256"}
+
     @classmethod
     def from_json(cls, entry: Any, where: str) -> ApiKey:
         """An entry of the file, checked (KeyStoreError naming what is wrong)."""

@@ -20,7 +20,7 @@ from slm.server.state import Doorman
 
 def key_card(key: ApiKey) -> dict[str, Any]:
     """What the API tells of a key: everything but its hash."""
-    return {"object": "api_key", **{k: v for k, v in key.to_json().items() if k != "sha256"}}
+    return {"object": "api_key", **key.public_json()}
 
 
 def _as_request_error(exc: KeyStoreError) -> RequestError:

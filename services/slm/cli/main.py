@@ -222,8 +222,7 @@ def _keys(args: argparse.Namespace) -> int:
         return 0
     keys = store.keys()
     if args.json:
-        print(json.dumps([{k: v for k, v in key.to_json().items() if k != "sha256"}
-                          for key in keys], indent=1))
+        print(json.dumps([key.public_json() for key in keys], indent=1))
         return 0
     for key in keys:
         limits = ", ".join(f"{n.replace('_', ' ')} {getattr(key, n)}" for n in LIMITS

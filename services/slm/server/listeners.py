@@ -37,6 +37,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def keys_required(settings: Settings) -> bool:
+    """Whether a request needs a key even while none exists: beyond loopback, unless
+    ``server.allow_keyless_network`` (there, no key means nobody gets in)."""
+    return not (is_loopback(settings.host) or settings.allow_keyless_network)
+
+
 def check_exposure(settings: Settings, *, has_keys: bool) -> None:
     """Refuse (ConfigError, exit 2) a listener beyond loopback that serves plain HTTP, or
     that anyone could use because no API key exists."""
@@ -46,7 +52,7 @@ def check_exposure(settings: Settings, *, has_keys: bool) -> None:
         raise ConfigError(
             f"server.host {settings.host!r} is beyond loopback, where the Doorman serves "
             f"only HTTPS", hint="set server.tls_cert and server.tls_key, or bind 127.0.0.1")
-    if not has_keys and not settings.allow_keyless_network:
+    if keys_required(settings) and not has_keys:
         raise ConfigError(
             f"server.host {settings.host!r} is beyond loopback and no API key exists",
             hint="create one with `slm keys create NAME`, or set "

@@ -31,7 +31,7 @@ from slm.errors import (
 from slm.model.file import ModelFile
 from slm.ops.metrics import Metrics
 from slm.ops.systemd import notify_status, notify_stopping
-from slm.server.listeners import is_loopback
+from slm.server.listeners import keys_required
 from slm.tier_a.adapters import Adapter, AdapterRegistry
 from slm.tier_a.engine import Engine, GenerationResult
 from slm.tier_a.errors import Stopping
@@ -70,7 +70,7 @@ class Doorman:
         self.key_store = KeyStore(Path(settings.key_store))  # named keys with scopes
         self.key_limits = KeyLimits()
         # beyond loopback, no key means nobody gets in (not: everybody does)
-        self.keys_required = not (is_loopback(settings.host) or settings.allow_keyless_network)
+        self.keys_required = keys_required(settings)
         # tokens per day and month, from this month's ledger records on
         this_month = day_of(month_start(datetime.now(UTC)))
         self.token_budgets = TokenBudgets(tokens_by_key_and_day(ledger.path, this_month))
