@@ -52,14 +52,17 @@ licenses: setup
     {{bin}}/slm-gate licenses --python build/out/ship-venv/bin/python \
         --json build/out/licenses.json --sbom build/out/sbom.cdx.json
 
-# the memory-budget gate: the service under full-context load vs policy/budget.toml and the planner
+# the memory-budget gate on the compiled binary: its runtime baseline measured (and recorded in
+# its manifest), then its peak under full-context load (an adapter, the prompt cache, a document
+# read meanwhile) vs policy/budget.toml and the planner
+budget *ARGS: binary
+    {{bin}}/slm-gate budget --binary build/out/bin/slm --binary-manifest \
+        build/out/bin/slm.manifest.json --json build/out/budget.json {{ARGS}}
+
 # a bounded load test of `slm serve` on loopback (mixed endpoints, streams, cancellations,
 # bad requests): memory and descriptors after warm-up vs at the end, ledger == requests
 soak MINUTES="20": setup
     {{bin}}/python tests/bench/soak.py {{MINUTES}}
-
-budget *ARGS: setup
-    {{bin}}/slm-gate budget --json build/out/budget.json {{ARGS}}
 
 # build the appliance image for ARCH (amd64 | arm64) into build/out/image/ARCH/ and check its
 # size against policy/budget.toml
@@ -71,18 +74,20 @@ image ARCH: setup
     {{bin}}/slm-gate image build/out/image/{{ARCH}}/manifest.json
 
 # sign a release for ARCH with Sigstore: the binary, its manifest, Litestream, the model, the
-# SBOM and the image, a bundle beside each, and build/out/release-ARCH.json listing them
+# SBOM and the image, a bundle beside each, and build/out/release-ARCH.json naming the
+# release (architecture, version, commit: from the binary's manifest) and listing them
 # (signed too). Without SLM_SIGNER set, against the local test stack (build/with-sigstore.sh)
 sign ARCH: setup
     files="$(build/release-files.sh {{ARCH}})" && mapfile -t artefacts <<<"$files" && \
         build/with-sigstore.sh {{bin}}/slm-gate sign --manifest \
-        build/out/release-{{ARCH}}.json "${artefacts[@]}"
+        build/out/release-{{ARCH}}.json --release-of "${artefacts[2]}" "${artefacts[@]}"
 
 # verify every artefact of build/out/release-ARCH.json, offline, against a signer of
-# policy/signing.toml and a pinned trust root (default: the local test stack's)
+# policy/signing.toml and a pinned trust root (default: the local test stack's); a release
+# for another architecture is refused
 verify ARCH: setup
     files="$(build/release-files.sh {{ARCH}})" && mapfile -t artefacts <<<"$files" && \
-        {{bin}}/slm-gate verify build/out/release-{{ARCH}}.json \
+        {{bin}}/slm-gate verify build/out/release-{{ARCH}}.json --arch {{ARCH}} \
         --signer "${SLM_SIGNER:-local}" --expect "${artefacts[@]}" --trusted-root \
         "${SLM_TRUSTED_ROOT:-$([ "${SLM_SIGNER:-local}" = local ] && \
         echo build/out/sigstore-local/trusted_root.json || echo "SLM_TRUSTED_ROOT unset")}"

@@ -181,8 +181,10 @@ chmod +x "$CHROOT/usr/local/bin/$TRIPLET-native-gcc"
 # 3. inside the chroot: the shipped venv, Nuitka beside it, then the shared Nuitka step
 say "installing the shipped set into the $ARCH chroot (emulated pip)"
 BUILD_NUMBER="$(git rev-list --count HEAD 2>/dev/null || echo 0)"
+SOURCE_COMMIT="$(git rev-parse HEAD)"
 chroot "$CHROOT" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \
-  CC="/usr/local/bin/$TRIPLET-native-gcc" CCACHE_DIR=/out/ccache BUILD_NUMBER="$BUILD_NUMBER" /bin/bash -euo pipefail -c '
+  CC="/usr/local/bin/$TRIPLET-native-gcc" CCACHE_DIR=/out/ccache BUILD_NUMBER="$BUILD_NUMBER" \
+  SOURCE_COMMIT="$SOURCE_COMMIT" /bin/bash -euo pipefail -c '
   rm -rf /opt/ship /opt/build /opt/nuitka-tools /tmp/built
   pipi() { "$@" --disable-pip-version-check -q --no-index --find-links /wheels; }
   python3 -m venv /opt/build

@@ -42,5 +42,5 @@ if [ "$(cat "$TOOLS/.version" 2>/dev/null)" != "$NUITKA_VERSION $ZSTANDARD_VERSI
 fi
 
 BUILD_NUMBER="$(git rev-list --count HEAD 2>/dev/null || echo 0)"
-build/nuitka-compile.sh "$SHIP_PY" "$TOOLS" "$OUT" "$BUILD_NUMBER"
+SOURCE_COMMIT="$(git rev-parse HEAD)" build/nuitka-compile.sh "$SHIP_PY" "$TOOLS" "$OUT" "$BUILD_NUMBER"
 echo "$want" > "$OUT/bin/.stamp"

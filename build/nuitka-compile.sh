@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Nuitka step of the binary build, shared by build/binary.sh (the host's architecture)
 # and build/binary-emulated.sh (run inside an emulated chroot of another architecture):
-#   nuitka-compile.sh SHIP_PYTHON NUITKA_TOOLS_DIR OUT_DIR BUILD_NUMBER [EXTRA NUITKA FLAGS]
-# writes OUT_DIR/bin/slm, OUT_DIR/bin/litestream, OUT_DIR/bin/slm.manifest.json and the
-# default model in OUT_DIR/share/slm/.
+#   SOURCE_COMMIT=SHA nuitka-compile.sh SHIP_PYTHON NUITKA_TOOLS_DIR OUT_DIR BUILD_NUMBER [EXTRA NUITKA FLAGS]
+# writes OUT_DIR/bin/slm, OUT_DIR/bin/litestream, OUT_DIR/bin/slm.manifest.json (with the
+# release identity: Debian architecture, version VERSION.BUILD_NUMBER, source commit) and
+# the default model in OUT_DIR/share/slm/.
 set -euo pipefail
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SHIP_PY="$1"; TOOLS="$2"; OUT="$3"; BUILD_NUMBER="$4"; shift 4
@@ -54,16 +55,19 @@ install -m 0755 "$(dirname "$SHIP_PY")/litestream" "$OUT/bin/litestream"
 MODEL="$("$SHIP_PY" -c 'from slm.model.file import default_model_path; print(default_model_path())')"
 cp "$MODEL" "$OUT/share/slm/.model.tmp" && mv "$OUT/share/slm/.model.tmp" "$OUT/share/slm/$(basename "$MODEL")"
 
-TOOLS="$TOOLS" "$SHIP_PY" - "$OUT/bin/slm" "$took" "$MODEL" "${FLAGS[@]}" <<'PY'
+RELEASE="$(dpkg --print-architecture) $VERSION.$BUILD_NUMBER ${SOURCE_COMMIT:?SOURCE_COMMIT unset}"
+TOOLS="$TOOLS" "$SHIP_PY" - "$OUT/bin/slm" "$took" "$MODEL" "$RELEASE" "${FLAGS[@]}" <<'PY'
 import json, os, platform, sys
 from pathlib import Path
 from slm.model.file import sha256_of
-binary, took, model, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+binary, took, model, flags = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5:]
+architecture, version, commit = sys.argv[4].split()
 def sha(path):
     return sha256_of(Path(path))
 sys.path.insert(0, os.environ.get("TOOLS", ""))
 manifest = {
-    "artefact": "slm", "sha256": sha(binary), "size": os.path.getsize(binary),
+    "artefact": "slm", "architecture": architecture, "version": version, "commit": commit,
+    "sha256": sha(binary), "size": os.path.getsize(binary),
     "nuitka": __import__("importlib.metadata").metadata.version("nuitka"),
     "python": platform.python_version(), "machine": platform.machine(),
     "flags": flags, "compile_seconds": took,

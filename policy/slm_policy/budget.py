@@ -8,9 +8,9 @@ v1 ``memory.max_usage_in_bytes``).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,8 +29,9 @@ POLICY = Path(__file__).resolve().parents[1] / "budget.toml"
 
 @dataclass(frozen=True)
 class Budget:
+    """policy/budget.toml: the memory budget and image size limit, in MB (10^6 bytes)."""
+
     budget_mb: float
-    runtime_baseline_mb: float
     image_size_limit_mb: float
     prediction_tolerance: float
 
@@ -38,8 +39,8 @@ class Budget:
 def load_budget(path: Path = POLICY) -> Budget:
     try:
         doc = tomllib.loads(path.read_text())
-        return Budget(float(doc["budget_mb"]), float(doc["runtime_baseline_mb"]),
-                      float(doc["image_size_limit_mb"]), float(doc["prediction_tolerance"]))
+        return Budget(float(doc["budget_mb"]), float(doc["image_size_limit_mb"]),
+                      float(doc["prediction_tolerance"]))
     except (OSError, tomllib.TOMLDecodeError, KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{path}: broken budget policy: {exc}") from None
 
@@ -60,6 +61,7 @@ class Cgroup:
     def __init__(self) -> None:
         self.path: Path | None = None
         self.peak_file = ""
+        self.why_none = "no writable cgroup v2 or v1 memory hierarchy at /sys/fs/cgroup"
         name = f"slm-budget-{os.getpid()}"
         for root, peak in ((Path("/sys/fs/cgroup"), "memory.peak"),
                            (Path("/sys/fs/cgroup/memory"), "memory.max_usage_in_bytes")):
@@ -72,6 +74,12 @@ class Cgroup:
                 self.path, self.peak_file = candidate, peak
                 break
             candidate.rmdir()
+
+    def describe(self) -> str:
+        """Where the peak came from, or why there is none."""
+        if self.path is None:
+            return f"none: {self.why_none}"
+        return f"{self.path / self.peak_file}"
 
     def add(self, pid: int) -> None:
         if self.path:
@@ -116,9 +124,12 @@ def status_kb(pid: int, field: str) -> int:
 
 
 def _pss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
     return 0
 
 
@@ -129,61 +140,102 @@ def _free_port() -> int:
         return port
 
 
-def _request(port: int, path: str,
-             body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    if body is None:
-        conn.request("GET", path)
-    else:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    data = resp.read()
+def service_command(binary: Path | None) -> list[str]:
+    """How the service is started: the compiled binary (what ships) or, without one, the
+    Python package (a development stand-in)."""
+    return [str(binary)] if binary is not None else [sys.executable, "-m", "slm"]
+
+
+def _is_document_reader(pid: int) -> bool:
     try:
-        return resp.status, json.loads(data)
-    except ValueError:
-        return resp.status, {}
+        return b"extract-text" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
-def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int = 3,
-            kv_type: str = "f16") -> dict[str, float | None]:
-    """Start the service, fill its context from concurrent clients, return peak figures."""
+class TreeSampler:
+    """Samples the service's process tree every ``interval`` s in the background and keeps
+    the largest sums seen: VmHWM (an upper bound: pages shared between processes, such as
+    the one-file launcher's and its child's, count once per process), PSS (shared pages
+    split between their users, so sums add up), PSS of the long-lived processes alone (the
+    document readers left out) and RssAnon + VmSwap. Transient children (the document
+    reader) count while they live."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid, self.interval = pid, interval
+        self.hwm = self.pss = self.pss_long_lived = self.anon_swap = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        readers: set[int] = set()
+        for p in process_tree(self.pid):
+            if _is_document_reader(p):
+                readers.update(process_tree(p))
+        pids = process_tree(self.pid)
+        pss = {p: _pss_kb(p) * 1024 for p in pids}
+        self.hwm = max(self.hwm, sum(status_kb(p, "VmHWM") for p in pids) * 1024)
+        self.pss = max(self.pss, sum(pss.values()))
+        self.pss_long_lived = max(self.pss_long_lived,
+                                  sum(v for p, v in pss.items() if p not in readers))
+        self.anon_swap = max(self.anon_swap, sum(
+            status_kb(p, "RssAnon") + status_kb(p, "VmSwap") for p in pids) * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
+            budget_mb: float | None = None, threads: int = 2, concurrency: int = 3,
+            kv_type: str = "f16") -> dict[str, Any]:
+    """Start the service, fill its context from concurrent clients, return peak figures.
+
+    With ``budget_mb`` (the gate): the service runs as on the appliance, with that memory
+    budget, the prompt cache on, a LoRA adapter that one client uses, and a document read
+    while the completions run. Without it (calibration): the model alone, prompt cache off.
+    """
+    from slm.model.file import default_model_path, sha256_of
+
+    from slm_policy import budget_load as load
+
+    path = model or default_model_path()
     port = _free_port()
     work = Path(tempfile.mkdtemp(prefix="slm-budget-"))
-    args = [sys.executable, "-m", "slm", "serve", "--port", str(port), "--ctx", str(ctx),
+    full = budget_mb is not None
+    args = [*service_command(binary), "serve", "--port", str(port), "--ctx", str(ctx),
             "--threads", str(threads), "--kv-type", kv_type, "--log-level", "warning",
-            "--ledger-path", str(work / "ledger.db"), "--memory-budget-mb", "100000",
+            "--ledger-path", str(work / "ledger.db"),
             # the gate measures memory, not latency: on a busy machine three full-context
             # requests queued behind each other outlast the default 300 s deadline (504)
-            "--request-timeout-s", "3600",
-            # what the planner predicts is the model's footprint; the prompt cache is
-            # carved out of the headroom the plan leaves (slm.server.startup.prompt_cache_bytes)
-            "--prompt-cache-memory-mb", "0"]
+            "--request-timeout-s", "3600"]
+    adapter_bytes = 0
+    if full:
+        adapter = load.write_lora(work / "adapter.gguf", path)
+        adapter_bytes = adapter.stat().st_size
+        (work / "slm.toml").write_text(load.adapter_config(adapter, sha256_of(adapter),
+                                                           sha256_of(path)))
+        args += ["--config", str(work / "slm.toml"), "--memory-budget-mb", f"{budget_mb:g}"]
+    else:
+        args += ["--memory-budget-mb", "100000", "--prompt-cache-memory-mb", "0"]
     if model is not None:
         args += ["--model", str(model), "--model-id", "m"]
     cgroup = Cgroup()
-    from slm.model.file import default_model_path
-
-    _evict_from_page_cache(model or default_model_path())
+    _evict_from_page_cache(path)
     # The child joins the cgroup before it execs: everything it maps is charged there.
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=lambda: cgroup.add(os.getpid()))
+    sampler = TreeSampler(proc.pid)
     try:
-        model_id = None
-        for _ in range(600):
-            try:
-                status, _ = _request(port, "/ready")
-                if status == 200:
-                    model_id = _request(port, "/v1/models")[1]["data"][0]["id"]
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {proc.returncode}")
-            time.sleep(0.1)
+        model_id = _wait_ready(proc, port)
         # Size a prompt that fills the context but for the generated tokens.
-        status, probe = _request(port, "/v1/completions",
-                                 {"model": model_id, "prompt": "lighthouse keeper " * 4,
-                                  "max_tokens": 1})
+        status, probe = load.post_json(port, "/v1/completions", {
+            "model": model_id, "prompt": "lighthouse keeper " * 4, "max_tokens": 1})
         if status != 200:
             raise RuntimeError(f"probe request failed with HTTP {status}: {probe}")
         per_repeat = probe["usage"]["prompt_tokens"] / 4
@@ -191,62 +243,123 @@ def measure(model: Path | None, ctx: int, *, threads: int = 2, concurrency: int 
         errors: list[str] = []
 
         def client(k: int) -> None:
+            # client 0 goes through the adapter (its own prompt-cache entries, its weights)
+            target = f"{model_id}:{load.ADAPTER_NAME}" if full and k == 0 else model_id
             for stream in (False, True):
-                body = {"model": model_id, "prompt": f"{k} " + "lighthouse keeper " * repeats,
-                        "max_tokens": 48, "temperature": 0, "stream": stream}
-                status, _ = _request(port, "/v1/completions", body)
+                status, reply = load.post_json(port, "/v1/completions", {
+                    "model": target, "prompt": f"{k} " + "lighthouse keeper " * repeats,
+                    "max_tokens": 48, "temperature": 0, "stream": stream})
                 if status != 200:
-                    errors.append(f"HTTP {status}")
+                    errors.append(f"client {k}: HTTP {status} {reply.get('error', '')}")
 
-        threads_ = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-        for t in threads_:
+        def reader() -> None:
+            status, reply = load.upload(port, "harbour-log.docx", load.document())
+            if status != 201:
+                errors.append(f"document upload: HTTP {status} {reply.get('error', '')}")
+
+        workers = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+        if full:
+            workers.append(threading.Thread(target=reader))
+        for t in workers:
             t.start()
-        for t in threads_:
+        for t in workers:
             t.join()
         if errors:
             raise RuntimeError(f"load requests failed: {errors[:3]}")
-        pids = process_tree(proc.pid)
-        hwm = sum(status_kb(p, "VmHWM") for p in pids) * 1024
-        pss = sum(_pss_kb(p) for p in pids) * 1024
-        return {"peak_rss": hwm, "pss": pss, "cgroup_peak": cgroup.peak()}
+        sampler.stop()
+        sampler.sample()  # once more, after the load: the long-lived tree's final state
+        return {"measured": sampler.pss_long_lived, "pss_peak": sampler.pss,
+                "hwm_sum_peak": sampler.hwm, "anon_swap_peak": sampler.anon_swap,
+                "cgroup_peak": cgroup.peak(), "cgroup": cgroup.describe(),
+                "adapter_bytes": adapter_bytes}
     finally:
+        sampler.stop()
         proc.terminate()
         proc.wait(60)
         cgroup.remove()
-        for f in work.iterdir():
-            f.unlink()
-        work.rmdir()
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def calibrate(model: Path | None = None, ctx: int = 512) -> float:
-    """The runtime baseline: measured peak minus the planned model parts, at a small context."""
+def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> str:
+    """The served model id once ``/ready`` answers 200 (RuntimeError if the service exits)."""
+    from slm_policy.budget_load import request
+
+    for _ in range(1200):
+        try:
+            if request(port, "GET", "/ready", timeout=5)[0] == 200:
+                model_id: str = request(port, "GET", "/v1/models")[1]["data"][0]["id"]
+                return model_id
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            tail = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
+            raise RuntimeError(f"the service exited with {proc.returncode}: "
+                               f"{tail.strip().splitlines()[-1:] or ''}")
+        time.sleep(0.1)
+    raise RuntimeError("the service was not ready within 120 s")
+
+
+def calibrate(model: Path | None = None, ctx: int = 512, *,
+              binary: Path | None = None) -> float:
+    """The runtime baseline in MB: measured peak minus the planned model parts, at a small
+    context, the model alone."""
     from slm.model.file import default_model_path
 
-    measured = measure(model, ctx)["peak_rss"] or 0
+    measured = measure(model, ctx, binary=binary)["measured"]
     parts = plan(model or default_model_path(), n_ctx=ctx, baseline_mb=0).total
-    return (measured - parts) / MB
+    return float((measured - parts) / MB)
+
+
+def record_baseline(manifest: Path, baseline_mb: float) -> None:
+    """Store the measured baseline in the binary's manifest (``runtime_baseline_mb``),
+    written atomically: the baseline belongs to the build it was measured on."""
+    doc = json.loads(manifest.read_text())
+    doc["runtime_baseline_mb"] = round(baseline_mb, 1)
+    tmp = manifest.with_name(f".{manifest.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, manifest)
+
+
+def baseline_of(manifest: Path) -> float:
+    """The runtime baseline measured for this build (ValueError if it was never measured)."""
+    try:
+        return float(json.loads(manifest.read_text())["runtime_baseline_mb"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{manifest}: no measured runtime_baseline_mb ({exc}); run "
+                         "slm-gate budget --calibrate --binary-manifest first") from None
 
 
 def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
-             configured_ctx: int, kv_type: str = "f16") -> tuple[bool, list[dict[str, Any]]]:
-    """Measure each context; the gate fails on any over-budget peak at the configured
-    context or any prediction off by more than the tolerance."""
+             configured_ctx: int, baseline_mb: float, binary: Path | None = None,
+             kv_type: str = "f16") -> tuple[bool, list[dict[str, Any]]]:
+    """Measure each context under the full load; the gate fails on any over-budget peak at
+    the configured context or any prediction off by more than the tolerance.
+
+    The peak judged is the largest of: the cgroup's ``memory.peak`` (page cache
+    included), the tree's sampled PSS and its RssAnon + VmSwap (the document reader
+    included while it lives). The prediction is the planner's footprint plus what the load
+    adds by design (the prompt cache's allowance, the adapter's tensors) against the
+    long-lived processes' sampled PSS peak."""
+    from slm.config.settings import Settings
     from slm.model.file import default_model_path
 
     path = model or default_model_path()
+    cache_mb = Settings().prompt_cache_memory_mb
     rows, ok = [], True
     for ctx in contexts:
-        predicted = plan(path, n_ctx=ctx, kv_type=kv_type,
-                         baseline_mb=budget.runtime_baseline_mb)
-        got = measure(model, ctx, kv_type=kv_type)
-        measured = got["peak_rss"] or 0
-        error = (predicted.total - measured) / measured
-        peak = max(measured, got["cgroup_peak"] or 0)
+        predicted = plan(path, n_ctx=ctx, kv_type=kv_type, baseline_mb=baseline_mb)
+        room = budget.budget_mb * MB - predicted.total
+        prompt_cache = int(max(0, min(cache_mb * MB, room)))
+        got = measure(model, ctx, binary=binary, budget_mb=budget.budget_mb, kv_type=kv_type)
+        expected = predicted.total + prompt_cache + got["adapter_bytes"]
+        measured = got["measured"]
+        error = (expected - measured) / measured
+        peak = max(got["pss_peak"], got["anon_swap_peak"], got["cgroup_peak"] or 0)
         over = ctx == configured_ctx and peak > budget.budget_mb * MB
         bad_prediction = abs(error) > budget.prediction_tolerance
         ok = ok and not over and not bad_prediction
-        rows.append({"ctx": ctx, "predicted": predicted.total, "measured": measured,
-                     "error": error, "pss": got["pss"], "cgroup_peak": got["cgroup_peak"],
-                     "over_budget": over, "bad_prediction": bad_prediction,
+        rows.append({"ctx": ctx, "predicted": expected, "measured": measured, "error": error,
+                     "peak": peak, "over_budget": over, "bad_prediction": bad_prediction,
+                     "prompt_cache_allowance": prompt_cache, **got,
                      "plan": predicted.as_dict()})
     return ok, rows

@@ -76,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                      default=KvType.F16.value)
     bud.add_argument("--policy", type=Path, default=None)
     bud.add_argument("--json", type=Path, help="write the measurements here")
+    bud.add_argument("--binary", type=Path, default=None,
+                     help="the compiled binary to measure (what ships); default: the Python "
+                     "package, a stand-in")
+    bud.add_argument("--binary-manifest", type=Path, default=None,
+                     help="record the measured runtime baseline in this slm.manifest.json")
     bud.add_argument("--calibrate", action="store_true",
-                     help="measure the runtime baseline for budget.toml and stop")
+                     help="only measure (and record) the runtime baseline")
     img = sub.add_parser("image", help="the appliance image's size against the limit")
     img.add_argument("manifest", type=Path, help="build/out/image/ARCH/manifest.json")
     img.add_argument("--policy", type=Path, default=None)
@@ -87,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     sig.add_argument("--manifest", type=Path, default=None,
                      help="also write and sign this release manifest (paths relative to "
                      "its directory)")
+    sig.add_argument("--release-of", type=Path, default=None, metavar="BINARY_MANIFEST",
+                     help="the build's slm.manifest.json: the release's architecture, "
+                     "version and source commit (needed with --manifest)")
     sig.add_argument("--trust-config", type=Path, default=_env_path("SLM_TRUST_CONFIG"),
                      help="a Sigstore ClientTrustConfig JSON (default: $SLM_TRUST_CONFIG, "
                      "else public Sigstore)")
@@ -103,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     ver.add_argument("--policy", type=Path, default=None)
     ver.add_argument("--expect", type=Path, nargs="*", default=[],
                      help="files the release must list (each missing one is a failure)")
+    ver.add_argument("--arch", default=None, choices=("amd64", "arm64"),
+                     help="the architecture the release must be for")
+    ver.add_argument("--installed-version", default=None,
+                     help="refuse a release older than this one (a downgrade)")
     args = parser.parse_args(argv)
     if args.gate in ("sign", "verify"):
         return _release(args)
@@ -137,55 +149,66 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _budget(args: argparse.Namespace) -> int:
-    from slm_policy.budget import POLICY, load_budget, run_gate
+    from slm_policy.budget import POLICY, calibrate, load_budget, record_baseline, run_gate
 
     try:
         budget = load_budget(args.policy or POLICY)
     except ValueError as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
         return 2
+    what = f"the binary {args.binary}" if args.binary else "the Python package (not what ships)"
     try:
+        baseline = calibrate(args.model, binary=args.binary)
+        print(f"runtime baseline of {what}: {baseline:.1f} MB (measured: a 512-token "
+              "context, the model alone)")
+        if args.binary_manifest:
+            record_baseline(args.binary_manifest, baseline)
+            print(f"recorded as runtime_baseline_mb in {args.binary_manifest}")
         if args.calibrate:
-            from slm_policy.budget import calibrate
-
-            print(f"runtime_baseline_mb = {calibrate(args.model):.0f}")
             return 0
         contexts = args.ctx or [2048, 4096, 8192]
         if args.configured_ctx not in contexts:
             contexts.append(args.configured_ctx)
-        ok, rows = run_gate(args.model, sorted(contexts), budget,
-                            configured_ctx=args.configured_ctx, kv_type=args.kv_type)
+        ok, rows = run_gate(args.model, sorted(contexts), budget, baseline_mb=baseline,
+                            configured_ctx=args.configured_ctx, binary=args.binary,
+                            kv_type=args.kv_type)
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - e.g. ModelError: one line, exit 2
         print(f"slm-gate: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    mib = 1024 * 1024
+    mb = 1e6
     print(f"memory budget {budget.budget_mb:g} MB at context {args.configured_ctx}; "
-          f"runtime baseline {budget.runtime_baseline_mb:g} MB; tolerance "
-          f"{budget.prediction_tolerance:.0%}")
+          f"tolerance {budget.prediction_tolerance:.0%}; load: 3 full-context clients (one "
+          "through a LoRA adapter), the prompt cache on, a DOCX read meanwhile")
     print(f"{'ctx':>6} {'predicted':>10} {'measured':>10} {'error':>7} {'PSS':>8} "
-          f"{'cgroup':>8}  verdict")
+          f"{'anon+swap':>10} {'cgroup':>8} {'VmHWM':>8}  verdict")
     for r in rows:
-        cg = f"{r['cgroup_peak'] / mib:8.1f}" if r["cgroup_peak"] else f"{'n/a':>8}"
+        cg = f"{r['cgroup_peak'] / mb:8.1f}" if r["cgroup_peak"] else f"{'n/a':>8}"
         verdict = ("OVER BUDGET" if r["over_budget"] else
                    "PREDICTION OFF" if r["bad_prediction"] else "ok")
-        print(f"{r['ctx']:>6} {r['predicted'] / mib:10.1f} {r['measured'] / mib:10.1f} "
-              f"{r['error']:+7.1%} {r['pss'] / mib:8.1f} {cg}  {verdict}")
-    print("(MiB; measured = peak RSS, VmHWM, summed over the service's process tree under a "
-          "load that fills the context; cgroup = the peak of the memory cgroup it ran in; the "
-          "budget is in MB, 10^6 bytes, and judged against the larger of the two)")
+        print(f"{r['ctx']:>6} {r['predicted'] / mb:10.1f} {r['measured'] / mb:10.1f} "
+              f"{r['error']:+7.1%} {r['pss_peak'] / mb:8.1f} {r['anon_swap_peak'] / mb:10.1f} "
+              f"{cg} {r['hwm_sum_peak'] / mb:8.1f}  {verdict}")
+    print("(MB, 10^6 bytes, sampled every 0.2 s over the service's process tree. "
+          "predicted = the planner's footprint + the prompt cache's allowance + the adapter; "
+          "measured = the peak PSS of the long-lived processes (launcher and service); PSS "
+          "and anon+swap = the peak sums of PSS and of RssAnon + VmSwap, the document reader "
+          "included while it ran; cgroup = the peak of the memory cgroup the service ran in, "
+          f"page cache included ({rows[0]['cgroup'] if rows else 'none'}); VmHWM = the sum "
+          "of peak RSS, an upper bound that counts shared pages once per process. The budget "
+          "is judged against the largest of PSS, anon+swap and cgroup)")
     if args.json:
-        _write(args.json, {"ok": ok, "budget_mb": budget.budget_mb, "rows": rows})
+        _write(args.json, {"ok": ok, "budget_mb": budget.budget_mb, "unit": "bytes",
+                           "runtime_baseline_mb": baseline, "service": what, "rows": rows})
     for r in rows:
         if r["over_budget"]:
-            peak = max(r["measured"], r["cgroup_peak"] or 0)
-            print(f"budget-gate: FAIL context {r['ctx']}: peak {peak / 1e6:.1f} MB "
+            print(f"budget-gate: FAIL context {r['ctx']}: peak {r['peak'] / mb:.1f} MB "
                   f"over {budget.budget_mb:g} MB", file=sys.stderr)
         if r["bad_prediction"]:
             print(f"budget-gate: FAIL context {r['ctx']}: predicted "
-                  f"{r['predicted'] / mib:.1f} MiB vs measured {r['measured'] / mib:.1f} MiB "
+                  f"{r['predicted'] / mb:.1f} MB vs measured {r['measured'] / mb:.1f} MB "
                   f"({r['error']:+.1%})", file=sys.stderr)
     return 0 if ok else 1
 
@@ -213,21 +236,28 @@ def _image(args: argparse.Namespace) -> int:
 def _release(args: argparse.Namespace) -> int:
     from slm.errors import SignatureError
 
-    from slm_policy.release import SIGNING_POLICY, load_signer, sign, verify
+    from slm_policy.release import SIGNING_POLICY, identity_of_binary, load_signer, sign, verify
 
     try:
         if args.gate == "sign":
+            identity = identity_of_binary(args.release_of) if args.release_of else None
             for done in sign(args.artefacts, trust_config=args.trust_config,
-                             token_file=args.identity_token_file, manifest=args.manifest):
+                             token_file=args.identity_token_file, manifest=args.manifest,
+                             identity=identity):
                 print(f"signed {done.path} ({done.size / 1e6:.1f} MB, sha256 "
                       f"{done.sha256[:12]}…) in {done.seconds:.2f} s -> {done.bundle.name}")
             return 0
         signer = load_signer(args.signer, args.policy or SIGNING_POLICY)
-        verified, failures = verify(args.manifest, trusted_root=args.trusted_root,
-                                    signer=signer, expect=args.expect)
+        result = verify(args.manifest, trusted_root=args.trusted_root, signer=signer,
+                        expect=args.expect, architecture=args.arch,
+                        installed_version=args.installed_version)
     except (GateError, SignatureError) as exc:  # SignatureError: an unusable trust root
         print(f"slm-gate: error: {exc.one_line()}", file=sys.stderr)
         return 2
+    verified, failures = result.verified, result.failures
+    if result.identity:
+        who = result.identity
+        print(f"release {who.version} for {who.architecture} from commit {who.commit}")
     for v in verified:
         print(v.line())
     for failure in failures:

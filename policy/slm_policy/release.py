@@ -1,16 +1,19 @@
 """Sigstore signatures over a release: ``slm-gate sign`` and ``slm-gate verify``.
 
 ``sign`` makes a bundle beside every artefact (``FILE.sigstore.json``) and a release
-manifest (artefact -> sha256 -> bundle), then signs the manifest too, so an entry cannot be
-dropped or swapped unnoticed. ``verify`` checks the manifest's signature, then every
-artefact's sha256 and bundle against the signer named in ``policy/signing.toml``, and
-reports every failure, not only the first.
+manifest (the release's identity: architecture, version, source commit; then artefact ->
+sha256 -> bundle), then signs the manifest too, so an entry cannot be dropped or swapped
+unnoticed. ``verify`` checks the manifest's signature, that the release is for the expected
+architecture and not older than the one installed, then every artefact's sha256 and bundle
+against the signer named in ``policy/signing.toml``, and reports every failure, not only
+the first.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import tomllib
 from dataclasses import dataclass
@@ -29,7 +32,59 @@ from slm.model.signature import ArtefactVerifier, Signer, Verified, bundle_path_
 from slm_policy.errors import ReleaseError
 
 SIGNING_POLICY = Path(__file__).resolve().parents[1] / "signing.toml"
-MANIFEST_SCHEMA = "service-slm.release/v1"
+MANIFEST_SCHEMA = "service-slm.release/v2"
+ARCHITECTURES = ("amd64", "arm64")
+
+
+@dataclass(frozen=True)
+class ReleaseIdentity:
+    """What a release is: for which architecture (Debian's name), which version (PEP 440:
+    the product version and the build number, ``0.1.0.128``) and from which source commit."""
+
+    architecture: str
+    version: str
+    commit: str
+
+    def __post_init__(self) -> None:
+        from packaging.version import InvalidVersion, Version
+
+        if self.architecture not in ARCHITECTURES:
+            raise ReleaseError(f"release architecture {self.architecture!r} is not one of "
+                               f"{', '.join(ARCHITECTURES)}")
+        try:
+            Version(self.version)
+        except InvalidVersion:
+            raise ReleaseError(f"release version {self.version!r} is not a PEP 440 "
+                               "version") from None
+        if not re.fullmatch(r"[0-9a-f]{40}", self.commit):
+            raise ReleaseError(f"release commit {self.commit!r} is not a 40-hex git commit")
+
+    def as_dict(self) -> dict[str, str]:
+        return {"architecture": self.architecture, "version": self.version,
+                "commit": self.commit}
+
+    def older_than(self, version: str) -> bool:
+        """Whether this release is older than ``version`` (PEP 440 ordering)."""
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            return Version(self.version) < Version(version)
+        except InvalidVersion:
+            raise ReleaseError(f"installed version {version!r} is not a PEP 440 "
+                               "version") from None
+
+
+def identity_of_binary(binary_manifest: Path) -> ReleaseIdentity:
+    """The release identity a build recorded in its binary manifest (``slm.manifest.json``:
+    ``architecture``, ``version``, ``commit``)."""
+    try:
+        doc = json.loads(binary_manifest.read_text())
+        return ReleaseIdentity(doc["architecture"], doc["version"], doc["commit"])
+    except FileNotFoundError:
+        raise ReleaseError(f"binary manifest not found: {binary_manifest}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReleaseError(f"binary manifest {binary_manifest} names no release identity "
+                           f"(architecture, version, commit): {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -103,13 +158,17 @@ def identity_token(token_file: Path | None) -> IdentityToken:
 
 
 def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path | None,
-         manifest: Path | None = None) -> list[Signed]:
+         manifest: Path | None = None, identity: ReleaseIdentity | None = None) -> list[Signed]:
     """Sign every artefact (bundle beside it); with ``manifest``, write and sign the
-    release manifest listing them, paths relative to the manifest's directory."""
+    release manifest naming ``identity`` and listing them, paths relative to the manifest's
+    directory."""
     from sigstore.hashes import Hashed
     from sigstore.sign import SigningContext
     from sigstore_models.common.v1 import HashAlgorithm
 
+    if manifest is not None and identity is None:
+        raise ReleaseError("a release manifest needs the release's identity (architecture, "
+                           "version, commit)")
     missing = [str(a) for a in artefacts if not a.is_file()]
     if missing:
         raise ReleaseError(f"cannot sign missing artefact(s): {', '.join(missing)}")
@@ -129,8 +188,9 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
         context = SigningContext.from_trust_config(config)
         with context.signer(token, cache=True) as signer:
             signed = [sign_one(signer, path) for path in artefacts]
-            if manifest is not None:
-                _write_atomic(manifest, json.dumps(_manifest(signed, manifest.parent),
+            if manifest is not None and identity is not None:
+                _write_atomic(manifest, json.dumps(_manifest(identity, signed,
+                                                             manifest.parent),
                                                    indent=2) + "\n")
                 signed.append(sign_one(signer, manifest))
     except OSError as exc:
@@ -143,33 +203,55 @@ def sign(artefacts: list[Path], *, trust_config: Path | None, token_file: Path |
     return signed
 
 
-def _manifest(signed: list[Signed], base: Path) -> dict[str, Any]:
+def _manifest(identity: ReleaseIdentity, signed: list[Signed],
+              base: Path) -> dict[str, Any]:
     def rel(path: Path) -> str:
         return os.path.relpath(path.resolve(), base.resolve())
 
-    return {"schema": MANIFEST_SCHEMA, "artefacts": [
+    return {"schema": MANIFEST_SCHEMA, "release": identity.as_dict(), "artefacts": [
         {"path": rel(s.path), "sha256": s.sha256, "size": s.size, "bundle": rel(s.bundle)}
         for s in signed]}
 
 
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of ``verify``: what verified, the release's identity (None when the
+    manifest itself was refused) and one line per failure (none: the release verifies)."""
+
+    verified: list[Verified]
+    identity: ReleaseIdentity | None
+    failures: list[str]
+
+
 def verify(manifest: Path, *, trusted_root: Path | None, signer: Signer,
-           expect: list[Path] | None = None) -> tuple[list[Verified], list[str]]:
-    """Verify the release manifest, then every artefact it lists (and, with ``expect``, that
-    it lists each of those files). Returns what verified and one line per failure (none:
-    the release verifies). Raises SignatureError for an unusable trust root."""
+           expect: list[Path] | None = None, architecture: str | None = None,
+           installed_version: str | None = None) -> Verification:
+    """Verify the release manifest; that it is for ``architecture`` and not older than
+    ``installed_version`` (when given); then every artefact it lists (and, with ``expect``,
+    that it lists each of those files). Raises SignatureError for an unusable trust root,
+    ReleaseError for an unusable ``installed_version``."""
     verifier = _verifier(trusted_root, signer)
     try:
         head, data = verifier.verify_document(manifest)
     except SignatureError as exc:
-        return [], [f"release manifest: {exc.one_line()}"]
+        return Verification([], None, [f"release manifest: {exc.one_line()}"])
     try:
         doc = json.loads(data)
         if doc.get("schema") != MANIFEST_SCHEMA:
             raise ValueError(f"schema is {doc.get('schema')!r}, expected {MANIFEST_SCHEMA}")
+        release = doc["release"]
+        identity = ReleaseIdentity(release["architecture"], release["version"],
+                                   release["commit"])
         entries = [(e["path"], e["sha256"], e["bundle"]) for e in doc["artefacts"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return [head], [f"release manifest {manifest} is malformed: {exc}"]
+    except (ValueError, KeyError, TypeError, AttributeError, ReleaseError) as exc:
+        return Verification([head], None, [f"release manifest {manifest} is malformed: {exc}"])
     verified, failures = [head], []
+    if architecture is not None and identity.architecture != architecture:
+        failures.append(f"release manifest {manifest} is for {identity.architecture}, "
+                        f"not {architecture}")
+    if installed_version is not None and identity.older_than(installed_version):
+        failures.append(f"release {identity.version} is older than the installed "
+                        f"{installed_version}: a downgrade is refused")
     listed = {(manifest.parent / rel).resolve() for rel, _, _ in entries}
     failures += [f"{path}: not in the release manifest {manifest}"
                  for path in expect or [] if path.resolve() not in listed]
@@ -186,7 +268,7 @@ def verify(manifest: Path, *, trusted_root: Path | None, signer: Signer,
         verified.append(result)
     if not entries:
         failures.append(f"release manifest {manifest} lists no artefacts")
-    return verified, failures
+    return Verification(verified, identity, failures)
 
 
 def _verifier(trusted_root: Path | None, signer: Signer) -> ArtefactVerifier:

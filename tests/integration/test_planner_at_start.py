@@ -12,7 +12,7 @@ from support.server import TINY_ID, free_port, run_slm
 def test_plan_cli_prints_the_breakdown_and_the_largest_context():
     r = run_slm("plan", "--ctx", "2048", "--budget", "550")
     assert r.returncode == 0, r.stderr
-    assert "KV cache" in r.stdout and "45.0 MiB" in r.stdout
+    assert "KV cache" in r.stdout and "47.2 MB" in r.stdout
     assert "largest context within 550 MB: 8192" in r.stdout
 
 

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from slm.errors import SignatureError
 from slm.model.signature import ArtefactVerifier, Signer, bundle_path_for, file_list
-from slm_policy.release import sign, verify
+from slm_policy.errors import ReleaseError
+from slm_policy.release import ReleaseIdentity, sign, verify
 from slm_policy.sigstore_stack import SigstoreStack
 from support.server import run_slm
 
@@ -188,6 +189,9 @@ def test_broken_trust_root_is_a_clear_error(stack: SigstoreStack, tmp_path: Path
         verifier(stack, root=tmp_path / "bad.json")
 
 
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
 def test_release_round_trip_and_tampering(stack: SigstoreStack, token_file: Path,
                                           tmp_path: Path) -> None:
     (tmp_path / "bin").mkdir()
@@ -196,18 +200,21 @@ def test_release_round_trip_and_tampering(stack: SigstoreStack, token_file: Path
         path.write_bytes(bytes([i]) * 4096)
     manifest = tmp_path / "release.json"
     done = sign(artefacts, trust_config=stack.trust_config_path, token_file=token_file,
-                manifest=manifest)
+                manifest=manifest, identity=ReleaseIdentity("amd64", "0.1.0.7", COMMIT))
     assert [d.path for d in done] == [*artefacts, manifest]
-    listed = json.loads(manifest.read_text())["artefacts"]
-    assert [e["path"] for e in listed] == ["bin/slm", "model.gguf", "sbom.cdx.json"]
+    doc = json.loads(manifest.read_text())
+    assert doc["release"] == {"architecture": "amd64", "version": "0.1.0.7", "commit": COMMIT}
+    assert [e["path"] for e in doc["artefacts"]] == ["bin/slm", "model.gguf", "sbom.cdx.json"]
     signer = Signer(stack.identity, stack.issuer)
-    verified, failures = verify(manifest, trusted_root=stack.trusted_root_path, signer=signer)
-    assert failures == [] and len(verified) == 4
+    result = verify(manifest, trusted_root=stack.trusted_root_path, signer=signer)
+    assert result.failures == [] and len(result.verified) == 4
+    assert result.identity == ReleaseIdentity("amd64", "0.1.0.7", COMMIT)
 
     # through the CLI: exit 0, then exit 1 naming the tampered artefact (and only it)
     args = [*GATE, "verify", str(manifest), "--signer", "local",
             "--trusted-root", str(stack.trusted_root_path)]
-    assert subprocess.run(args, capture_output=True, timeout=120).returncode == 0
+    ok = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and f"release 0.1.0.7 for amd64 from commit {COMMIT}" in ok.stdout
     # every expected artefact must be listed: an unlisted one fails, named
     (tmp_path / "image.raw.zst").write_bytes(b"not in the release")
     unlisted = subprocess.run([*args, "--expect", *map(str, artefacts),
@@ -222,13 +229,67 @@ def test_release_round_trip_and_tampering(stack: SigstoreStack, token_file: Path
 
     # an artefact swapped with its own valid bundle still differs from the release's sha256
     sign([artefacts[1]], trust_config=stack.trust_config_path, token_file=token_file)
-    _, failures = verify(manifest, trusted_root=stack.trusted_root_path, signer=signer)
+    failures = verify(manifest, trusted_root=stack.trusted_root_path, signer=signer).failures
     assert len(failures) == 1 and "is not the release's" in failures[0]
 
     # the manifest is signed: editing it is refused before any artefact is trusted
     manifest.write_text(manifest.read_text().replace("sbom.cdx.json\"", "sbom.cdx.json \""))
-    verified, failures = verify(manifest, trusted_root=stack.trusted_root_path, signer=signer)
-    assert verified == [] and "release manifest" in failures[0]
+    result = verify(manifest, trusted_root=stack.trusted_root_path, signer=signer)
+    assert result.verified == [] and "release manifest" in result.failures[0]
+
+
+def test_a_release_for_another_architecture_or_older_is_refused(
+        stack: SigstoreStack, token_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "slm").write_bytes(b"binary")
+    manifest = tmp_path / "release.json"
+    sign([tmp_path / "slm"], trust_config=stack.trust_config_path, token_file=token_file,
+         manifest=manifest, identity=ReleaseIdentity("arm64", "0.1.0.7", COMMIT))
+    signer = Signer(stack.identity, stack.issuer)
+
+    def failures(**kwargs: str) -> list[str]:
+        return verify(manifest, trusted_root=stack.trusted_root_path, signer=signer,
+                      **kwargs).failures  # type: ignore[arg-type]
+
+    assert failures(architecture="arm64", installed_version="0.1.0.7") == []
+    assert failures(installed_version="0.1.0.6") == []
+    assert failures(installed_version="0.0.9.200") == []
+    assert failures(architecture="amd64") == [
+        f"release manifest {manifest} is for arm64, not amd64"]
+    # PEP 440 ordering, not text: 0.1.0.7 is older than 0.1.0.10
+    assert failures(installed_version="0.1.0.10") == [
+        "release 0.1.0.7 is older than the installed 0.1.0.10: a downgrade is refused"]
+    cli = subprocess.run([*GATE, "verify", str(manifest), "--signer", "local", "--trusted-root",
+                          str(stack.trusted_root_path), "--arch", "amd64",
+                          "--installed-version", "0.2"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1, cli.stderr
+    assert "is for arm64, not amd64" in cli.stderr and "a downgrade is refused" in cli.stderr
+    bad = subprocess.run([*GATE, "verify", str(manifest), "--signer", "local", "--trusted-root",
+                          str(stack.trusted_root_path), "--installed-version", "latest"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "'latest' is not a PEP 440 version" in bad.stderr
+
+
+@pytest.mark.parametrize("fields, message", [
+    (("i386", "0.1.0.1", COMMIT), "architecture 'i386'"),
+    (("amd64", "one", COMMIT), "version 'one'"),
+    (("amd64", "0.1.0", "HEAD"), "commit 'HEAD'"),
+])
+def test_a_release_identity_must_be_complete(fields: tuple[str, str, str],
+                                             message: str) -> None:
+    with pytest.raises(ReleaseError, match=message):
+        ReleaseIdentity(*fields)
+
+
+def test_a_release_manifest_without_identity_is_not_signed(stack: SigstoreStack,
+                                                           token_file: Path,
+                                                           tmp_path: Path) -> None:
+    (tmp_path / "slm").write_bytes(b"binary")
+    with pytest.raises(ReleaseError, match="needs the release's identity"):
+        sign([tmp_path / "slm"], trust_config=stack.trust_config_path, token_file=token_file,
+             manifest=tmp_path / "release.json")
+    assert not (tmp_path / "release.json").exists()
+    assert not bundle_path_for(tmp_path / "slm").exists()
 
 
 def test_a_forged_token_is_a_one_line_signing_error(stack: SigstoreStack,

@@ -213,4 +213,5 @@ def test_unit_files_verify_and_their_exposure_is_at_most_2(tmp_path, name):
 
     policy = tomllib.loads((UNITS.parents[1] / "policy" / "budget.toml").read_text())
     if name == "slm.service":
-        assert f"MemoryMax={int(policy['budget_mb'])}M" in unit.read_text()
+        # MB = 10^6 bytes, as the policy counts (systemd's "M" would be MiB)
+        assert f"MemoryMax={int(policy['budget_mb'] * 10**6)}\n" in unit.read_text()

@@ -313,7 +313,7 @@ def _positive(text: str) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from slm.model.file import default_model_path
     from slm.model.gguf_meta import read_gguf
-    from slm.model.planner import largest_context, mib, plan
+    from slm.model.planner import largest_context, megabytes, plan
 
     path = args.model or default_model_path()
     info = read_gguf(path)
@@ -334,7 +334,7 @@ def _plan(args: argparse.Namespace) -> int:
                          ("compute", p.compute), ("output", p.output),
                          ("tokenizer", p.tokenizer),
                          ("runtime", p.baseline), ("total", p.total)):
-        print(f"  {label:10} {mib(value):>14}")
+        print(f"  {label:10} {megabytes(value):>14}")
     if fits is not None:
         if fits == 0:
             print(f"nothing fits {args.budget:g} MB: even a 256-token context needs more")

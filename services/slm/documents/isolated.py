@@ -21,9 +21,9 @@ from typing import Any
 
 from slm.documents.extract import DocumentKind, Section, extract, rejected
 from slm.errors import DocumentRejected
+from slm.model.planner import MB  # documents.extract_memory_mb is in MB, as every figure
 from slm.ops.self_exec import slm_command
 
-MB = 1024 * 1024
 log = logging.getLogger("slm.documents")
 
 

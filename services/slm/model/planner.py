@@ -24,8 +24,9 @@ from pathlib import Path
 from slm.errors import ModelError
 from slm.model.gguf_meta import GGUFInfo, read_gguf
 
-MIB = 1024 * 1024
-MB = 1000 * 1000  # budgets are in MB (the appliance's "550 MB"); breakdowns print MiB
+# One unit of memory everywhere (policy/budget.toml, slm.service's MemoryMax, the planner,
+# the gates and every printed figure): MB, 10^6 bytes.
+MB = 1000 * 1000
 
 
 class KvType(StrEnum):
@@ -76,7 +77,7 @@ class Plan:
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["total"] = self.total
-        out.update({f"{k}_mib": round(v / MIB, 1) for k, v in out.items()
+        out.update({f"{k}_mb": round(v / MB, 1) for k, v in out.items()
                     if isinstance(v, int) and k not in ("n_ctx",)})
         return out
 
@@ -209,6 +210,7 @@ def largest_context(path: Path, budget_mb: float, *, kv_type: str = "f16",
     return best
 
 
-def mib(value: int) -> str:
-    return f"{value / MIB:,.1f} MiB"
+def megabytes(value: int) -> str:
+    """A byte count as printed everywhere: MB (10^6 bytes), one decimal."""
+    return f"{value / MB:,.1f} MB"
 

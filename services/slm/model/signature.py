@@ -28,6 +28,16 @@ FILE_LIST_SCHEMA = "service-slm.file-list/v1"
 Window = tuple[dt.datetime | None, dt.datetime | None]
 
 
+def digest_uncached(fh: Any) -> bytes:
+    """sha256 of an open file, then its clean pages dropped from the page cache
+    (``POSIX_FADV_DONTNEED``): a check that reads the model and the whole binary tree at
+    start must not leave them charged to the service's memory cgroup. Pages someone maps
+    (llama.cpp's model, the loaded libraries) stay; they are theirs."""
+    digest = hashlib.file_digest(fh, "sha256").digest()
+    os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return digest
+
+
 @dataclass(frozen=True)
 class Signer:
     """Who must have signed: the certificate's identity (SAN) and the OIDC issuer."""
@@ -93,7 +103,7 @@ class ArtefactVerifier:
         began = time.perf_counter()
         try:
             with artefact.open("rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").digest()
+                digest = digest_uncached(fh)
                 size = os.fstat(fh.fileno()).st_size
         except OSError as exc:
             raise SignatureError(f"{artefact}: cannot read: {exc.strerror}") from None
@@ -220,7 +230,7 @@ def describe_tree(root: Path) -> dict[str, str]:
                 entries[rel] = f"symlink:{target}"
             elif path.is_file():
                 with path.open("rb") as fh:
-                    entries[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
+                    entries[rel] = digest_uncached(fh).hex()
             elif not path.is_dir():
                 entries[rel] = "special"
     except OSError as exc:

@@ -109,7 +109,7 @@ def plan_context(settings: Settings, model: Path) -> int:
     """The context to serve: the configured one if its planned footprint fits the memory
     budget (ConfigError naming the largest that fits if not), or that largest for "auto"."""
     from slm.model.gguf_meta import read_gguf
-    from slm.model.planner import MB, largest_context, mib, plan
+    from slm.model.planner import MB, largest_context, megabytes, plan
 
     budget = settings.memory_budget_mb
     info = read_gguf(model)  # parsed once for every plan below
@@ -122,17 +122,18 @@ def plan_context(settings: Settings, model: Path) -> int:
                               "256 tokens of context")
         predicted = plan(model, n_ctx=fits, **common)
         log.info("context chosen by the planner", extra={
-            "n_ctx": fits, "predicted_mib": round(predicted.total / 2**20, 1),
-            "budget_mib": budget})
+            "n_ctx": fits, "predicted_mb": round(predicted.total / MB, 1),
+            "budget_mb": budget})
         return fits
     assert isinstance(settings.ctx, int)
     predicted = plan(model, n_ctx=settings.ctx, **common)
     if predicted.total > budget * MB:
         fits = largest_context(model, budget, **common)
         raise ConfigError(
-            f"model.ctx = {settings.ctx} needs about {mib(predicted.total)} (weights "
-            f"{mib(predicted.weights)}, KV cache {mib(predicted.kv_cache)}, compute "
-            f"{mib(predicted.compute)}, runtime {mib(predicted.baseline)}), over "
+            f"model.ctx = {settings.ctx} needs about {megabytes(predicted.total)} (weights "
+            f"{megabytes(predicted.weights)}, KV cache {megabytes(predicted.kv_cache)}, "
+            f"compute {megabytes(predicted.compute)}, runtime {megabytes(predicted.baseline)}"
+            "), over "
             f"memory.budget_mb = {budget:g}; the largest context that fits is {fits}",
             hint='or set model.ctx = "auto"')
     return settings.ctx

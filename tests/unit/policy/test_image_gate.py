@@ -16,7 +16,7 @@ MB = 10**6
 
 def _policy(tmp_path: Path, limit_mb: float = 550) -> Path:
     path = tmp_path / "budget.toml"
-    path.write_text(f"budget_mb = 550\nruntime_baseline_mb = 58\n"
+    path.write_text(f"budget_mb = 550\n"
                     f"image_size_limit_mb = {limit_mb}\nprediction_tolerance = 0.1\n")
     return path
 
