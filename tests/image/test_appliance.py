@@ -131,14 +131,20 @@ def test_unit_exposure_is_within_target(host):
     assert level <= EXPOSURE_TARGET, out[-400:]
 
 
-def test_memory_stays_under_the_budget_after_load(host, forwarded_chat):
-    assert forwarded_chat[0].status_code == 200  # the load: model loaded, a completion run
+def test_memory_stays_under_the_budget_under_the_device_load(host, forwarded_chat,
+                                                            device_load):
+    """After what a device sees at its busiest (a completion, then a document read while
+    a cited answer is decoded, the prompt cache on): the service's cgroup peak, page
+    cache and the document reader included, within the budget (MB, as the unit's
+    MemoryMax counts it)."""
+    assert forwarded_chat[0].status_code == 200
+    assert all(r.status_code in (200, 201) for r in device_load.values())
     peak = int(host.file("/sys/fs/cgroup/system.slice/slm.service/memory.peak")
                .content_string)
     limit = host.check_output("systemctl show -p MemoryMax --value slm.service")
-    assert 0 < peak <= BUDGET_BYTES, peak
+    print(f"slm.service cgroup memory.peak {peak / 1e6:.1f} MB (budget {BUDGET_BYTES / 1e6:g})")
     assert int(limit) == BUDGET_BYTES  # the unit's MemoryMax in the policy's unit, MB
-    print(f"slm.service cgroup memory.peak {peak / 1e6:.1f} MB")
+    assert 0 < peak <= BUDGET_BYTES, f"{peak / 1e6:.1f} MB"
 
 
 def test_model_sha256_matches_the_manifest(host, manifest):
@@ -202,21 +208,57 @@ def test_appliance_files_are_root_owned_and_not_writable_by_others(host, path):
     assert f.user == "root" and not f.mode & 0o022
 
 
-def test_document_ingest_in_the_guest(doorman, host):
-    """A PDF through the forwarded port, read by the compiled binary's limited child
-    process under the hardened unit and sanitised. Last in this module: the child shares
-    the service's memory cgroup, and test_memory_stays_under_the_budget_after_load
-    judges the service's own peak. (A cited answer needs a few hundred
-    prompt tokens: minutes under TCG, past the request deadline; the suite checks it
-    against the binary on the host, `just test-binary`.)"""
+@pytest.fixture(scope="module")
+def device_load(doorman) -> dict[str, httpx.Response]:
+    """A device at its busiest, in the order it sees it: a short PDF ingested, then a
+    cited answer from it decoded while a longer DOCX is read by the limited child (both at
+    once, through the forwarded HTTPS port). Sized for TCG: the cited prompt holds one
+    short excerpt and asks for two tokens."""
+    import threading
+
     import support.document_files as document_files
 
     pdf = document_files.pdf([["Appliance notes."],
                               ["Mail ops@example.com when the kiln overheats."]])
-    sent = doorman.post("/v1/documents", timeout=600,
-                        files={"file": ("notes.pdf", pdf, "application/pdf")})
-    assert sent.status_code == 201, sent.text
-    card = sent.json()
+    notes = doorman.post("/v1/documents", files={"file": ("notes.pdf", pdf, "application/pdf")})
+    assert notes.status_code == 201, notes.text
+    log = document_files.docx_file({"Harbour log": [
+        f"Entry {i}: the keeper wound the clockwork and noted the wind at dusk."
+        for i in range(400)]})
+    done: dict[str, httpx.Response] = {"notes": notes}
+
+    def cited() -> None:
+        done["cited"] = doorman.post("/v1/chat/completions", json={
+            "model": MODEL_ID, "documents": [notes.json()["id"]], "max_tokens": 2,
+            "temperature": 0, "messages": [{"role": "user", "content": "Whom to mail?"}]})
+
+    def reading() -> None:
+        done["log"] = doorman.post("/v1/documents", files={"file": (
+            "log.docx", log, "application/vnd.openxmlformats-officedocument."
+            "wordprocessingml.document")})
+
+    workers = [threading.Thread(target=cited), threading.Thread(target=reading)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return done
+
+
+def test_document_ingest_in_the_guest(device_load):
+    """The PDF through the forwarded port, read by the compiled binary's limited child
+    process under the hardened unit and sanitised."""
+    card = device_load["notes"].json()
     assert card["kind"] == "pdf" and card["sanitised"] == {"EMAIL": 1}
     assert card["chunks"] == 2  # one per page: the parser saw both pages
-    assert doorman.get(f"/v1/documents/{card['id']}", timeout=60).json() == card
+    log = device_load["log"]
+    assert log.status_code == 201, log.text
+    assert log.json()["kind"] == "docx" and log.json()["chunks"] > 1
+
+
+def test_a_cited_answer_in_the_guest(doorman, device_load):
+    answer = device_load["cited"]
+    assert answer.status_code == 200, answer.text
+    notes = device_load["notes"].json()
+    assert {c["document"] for c in answer.json()["citations"]} == {notes["id"]}
+    assert doorman.get(f"/v1/documents/{notes['id']}", timeout=60).json() == notes
