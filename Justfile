@@ -68,6 +68,7 @@ soak MINUTES="20": setup
 # size against policy/budget.toml
 image ARCH: setup
     build/binary-for.sh {{ARCH}}
+    build/ship-env.sh
     files="$(build/release-files.sh {{ARCH}} --inputs)" && mapfile -t inputs <<<"$files" && \
         build/with-sigstore.sh bash -c '{{bin}}/slm-gate sign "$@" && \
         {{bin}}/python image/build.py {{ARCH}}' - "${inputs[@]}"

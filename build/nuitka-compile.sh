@@ -28,6 +28,18 @@ FLAGS=(
   # (~325 modules) once it is followed
   --nofollow-import-to=sigstore._cli --nofollow-import-to=httpx._main
   --nofollow-import-to=pygments
+  # GNU readline (GPL-3.0) would come in through the chat CLI's optional line editing
+  # (input() works without it): not in an Apache-2.0 binary (the license gate judges every
+  # library in the tree)
+  --nofollow-import-to=readline --noinclude-dlls='libreadline.so*' --noinclude-dlls='libtinfo.so*'
+  # libraries of the appliance's OS (systemd's and its dependencies, the GCC and OpenMP
+  # runtimes): loaded from the image like on amd64, not copied into the tree; the license
+  # gate judges them as run-time links ([[os_linked]] in policy/licenses.toml)
+  --noinclude-dlls='libsystemd.so*' --noinclude-dlls='libgcrypt.so*'
+  --noinclude-dlls='libgpg-error.so*' --noinclude-dlls='libcap.so*'
+  --noinclude-dlls='liblz4.so*' --noinclude-dlls='libzstd.so*'
+  --noinclude-dlls='libgcc_s.so*' --noinclude-dlls='libgomp.so*'
+  --noinclude-dlls='libstdc++.so*'
   # every third-party package as bytecode, slm as C (compile time and size)
   --user-plugin="$SRC/build/nuitka_bytecode_plugin.py"
   # build tools on PYTHONPATH: httpx would pull zstandard in (optional, not shipped)

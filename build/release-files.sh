@@ -16,7 +16,6 @@ echo "$model"
 [ "${2:-}" = --inputs ] && exit 0
 echo "$manifest"
 echo "$out/bin/litestream"
-echo build/out/sbom.cdx.json
-for f in disk.raw.zst manifest.json vmlinuz initrd.img cmdline; do
+for f in sbom.cdx.json disk.raw.zst manifest.json vmlinuz initrd.img cmdline; do
   echo "build/out/image/$arch/$f"
 done

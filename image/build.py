@@ -8,6 +8,9 @@ Reads ``image/recipe.toml`` and writes ``build/out/image/ARCH/``:
 - ``vmlinuz``, ``initrd.img``, ``cmdline``   for direct kernel boot (``image/vm.py``)
 - ``manifest.json``      sizes, sha256s, the Debian package list with versions and
                          copyright files, the largest contents
+- ``sbom.cdx.json``      the CycloneDX SBOM of every shipped file's component (the license
+                         gate's, ``licenses.json`` its report): the build fails on a denied
+                         component
 - ``ssh/id_ed25519``     a development key, when no authorized_keys file was given
 
 Only signed inputs go in (``image/payload_signing.py``): the binary and the model must
@@ -299,6 +302,36 @@ def _packages(rootfs: Path) -> list[dict]:
     return packages
 
 
+def judge_licenses(arch: str, payload: Path, rootfs: Path, model: Path,
+                   binary_manifest: dict, out_dir: Path) -> dict:
+    """The license gate over what this image ships, file by file: the binary's unpacked
+    tree (its native libraries judged by the Debian packages of the root it was built in),
+    the OS libraries it links, Litestream's Go modules, the model and every Debian package
+    of the image. Writes ``sbom.cdx.json`` and ``licenses.json``; a denied component stops
+    the build, named with its file and package."""
+    build_root = Path("/") if arch == _host_arch() else ROOT / f"build/out/{arch}/chroot"
+    ship_python = ROOT / "build/out/ship-venv/bin/python"
+    if not ship_python.exists():
+        raise ImageBuildError(f"{ship_python} not found", hint="run build/ship-env.sh")
+    report = out_dir / "licenses.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "slm_policy.cli", "licenses", "--python", str(ship_python),
+         "--binary-tree", str(payload), "--build-root", str(build_root),
+         "--nuitka-version", binary_manifest["nuitka"], "--os-root", str(rootfs),
+         "--litestream", str(payload.parent / "litestream"), "--model", str(model),
+         "--product-version", binary_manifest.get("version", "0.0.0"),
+         "--json", str(report), "--sbom", str(out_dir / "sbom.cdx.json")],
+        capture_output=True, text=True)
+    denied = [line for line in done.stderr.splitlines() if "DENY" in line]
+    if done.returncode != 0:
+        raise ImageBuildError(denied[0] if denied else (done.stderr.strip().splitlines()
+                                                        or ["license gate failed"])[-1],
+                              hint=f"{len(denied)} denied; see {report}" if denied else "")
+    summary = done.stderr.strip().splitlines()[-1]
+    print(f"image: {summary}", file=sys.stderr)
+    return {"report": report.name, "sbom": "sbom.cdx.json", "summary": summary}
+
+
 def _largest(rootfs: Path, top: int = 15) -> list[dict]:
     """The largest directories of the root file system (three levels deep, four under
     the payload), each file counted once however many hard links it has."""
@@ -425,6 +458,8 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
     except SigningSetupError as exc:
         raise ImageBuildError(exc.message, hint=exc.hint) from None
     installed["signing"] = {**sealed, "build_verify_seconds": verify_seconds}
+    installed["licenses"] = judge_licenses(arch, payload, rootfs, model, binary_manifest,
+                                           out_dir)
     packages = _packages(rootfs)
     kernel = sorted((rootfs / "boot").glob("vmlinuz-*"))[-1]
     initrd = rootfs / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")

@@ -22,7 +22,7 @@ from slm_policy.inventory import (
     shipped_models,
     unlisted_distributions,
 )
-from slm_policy.licenses import Report, evaluate
+from slm_policy.licenses import Report, Shipped, evaluate
 from slm_policy.policy_file import load_policy
 from slm_policy.sbom import cyclonedx
 
@@ -65,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     lic.add_argument("--json", type=Path, help="write the JSON report here")
     lic.add_argument("--sbom", type=Path, help="write a CycloneDX SBOM here")
     lic.add_argument("--product-version", default="0.0.0")
+    lic.add_argument("--binary-tree", type=Path, default=None,
+                     help="the binary as it runs (its unpacked tree): judge every file in it")
+    lic.add_argument("--build-root", type=Path, default=Path("/"),
+                     help="the root the binary was built in, whose Debian packages its native "
+                     "libraries came from (default: /; an emulated build's chroot)")
+    lic.add_argument("--nuitka-version", default="", help="recorded for slm.bin's runtime")
+    lic.add_argument("--os-root", type=Path, default=None,
+                     help="the image's root file system: judge its Debian packages and the OS "
+                     "libraries the binary links at run time")
+    lic.add_argument("--litestream", type=Path, default=None,
+                     help="the Litestream binary: judge the Go modules it embeds")
     bud = sub.add_parser("budget", help="measure the service's peak memory against the "
                          "budget and the planner")
     bud.add_argument("--model", type=Path, default=None, help="default: the default model")
@@ -128,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         libs = native_libraries(args.python, packages)
         models = shipped_models(args.python, args.model)
         unlisted = unlisted_distributions(args.python, packages)
+        shipped = _shipped(args)
     except GateError as exc:
         print(f"slm-gate: error: {exc.one_line()}", file=sys.stderr)
         return 2
-    report = evaluate(policy, packages, libs, models, unlisted)
+    report = evaluate(policy, packages, libs, models, unlisted, shipped)
     print(_table(report))
     for warning in report.warnings:
         print(f"license-gate: warning: {warning}", file=sys.stderr)
@@ -141,11 +153,32 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.json, report.to_json())
     if args.sbom:
         _write(args.sbom, cyclonedx(report, packages, libs, models, product="service-slm",
-                                    version=args.product_version))
+                                    version=args.product_version, shipped=shipped))
     n = len(report.violations)
     print(f"license-gate: {len(report.verdicts)} components, {n} violation(s)",
           file=sys.stderr)
     return 1 if n else 0
+
+
+def _shipped(args: argparse.Namespace) -> Shipped | None:
+    """What the gate judges beyond the Python closure, from the arguments given."""
+    if not (args.binary_tree or args.os_root or args.litestream):
+        return None
+    from slm_policy.debian import installed_packages
+    from slm_policy.go_buildinfo import read_build_info
+    from slm_policy.shipped_tree import read_tree, run_time_links
+
+    tree = read_tree(args.binary_tree, args.python, args.build_root) \
+        if args.binary_tree else None
+    build_packages = {}
+    if tree is not None:
+        wanted = {f.owner for f in tree.files if f.origin == "debian"}
+        build_packages = {p.name: p for p in installed_packages(args.build_root)
+                          if p.name in wanted}
+    os_packages = installed_packages(args.os_root) if args.os_root else []
+    links = run_time_links(tree, args.os_root) if tree is not None and args.os_root else []
+    go = read_build_info(args.litestream) if args.litestream else None
+    return Shipped(tree, args.nuitka_version, build_packages, links, go, os_packages)
 
 
 def _budget(args: argparse.Namespace) -> int:

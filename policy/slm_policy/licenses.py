@@ -19,15 +19,21 @@ from license_expression import (
     LicenseWithExceptionSymbol,
 )
 
+from slm_policy.debian import DebianPackage
+from slm_policy.go_buildinfo import GoBuildInfo, GoModule
 from slm_policy.inventory import Model, NativeLibrary, PythonPackage
 from slm_policy.policy_file import LICENSING, Exception_, Policy, normalise_name, spdx
+from slm_policy.shipped_tree import RunTimeLink, ShippedTree, TreeFile
 
 
 @dataclass
 class Verdict:
     """One component's license and the gate's decision about it."""
 
-    kind: str  # python | native | model
+    # python | native | model (the Python closure); tree (a file of the binary's tree),
+    # runtime (CPython, Nuitka's), go (Litestream's modules), os (an image package),
+    # os-link (an OS library the binary loads at run time)
+    kind: str
     name: str
     version: str
     reported: str
@@ -39,6 +45,21 @@ class Verdict:
     def line(self) -> str:
         """The one-line message for a violation."""
         return f"license-gate: DENY {self.kind} {self.name}=={self.version}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What ships beside the Python closure, for the gate to judge file by file: the
+    binary's unpacked tree (with the build root's packages its native libraries came from
+    and the OS libraries it links at run time), Litestream's Go modules and the image's
+    Debian packages. Each part is optional (not judged when absent)."""
+
+    tree: ShippedTree | None = None
+    nuitka_version: str = ""
+    build_packages: dict[str, DebianPackage] = field(default_factory=dict)
+    links: list[RunTimeLink] = field(default_factory=list)
+    go: GoBuildInfo | None = None
+    os_packages: list[DebianPackage] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +118,9 @@ class Gate:
         self.used_allow: set[str] = set()
         self.used_exceptions: set[tuple[str, str]] = set()
         self.used_clarifications: set[tuple[str, str]] = set()
+        self.used_native: set[str] = set()
+        self.used_os_linked: set[str] = set()
+        self.used_os_clarifications: set[str] = set()
 
     def judge(self, kind: str, name: str, version: str, reported: str, expression: str | None,
               exception: Exception_ | None) -> Verdict:
@@ -190,6 +214,104 @@ class Gate:
         verdict.note = str(model.path)
         return verdict
 
+    def tree_file(self, f: TreeFile, package: DebianPackage | None) -> Verdict:
+        """A file of the binary's tree that no Python distribution or CPython owns: a
+        native library judged as strictly as a Python dependency, by the license of its
+        Debian package's copyright file (``Files: *``, or a pinned clarification)."""
+        if f.origin != "debian" or package is None:
+            return Verdict("tree", f.path, "", "", None, False, problem=(
+                "in the binary's tree, but no Python distribution, CPython or Debian package "
+                "of the build root owns it (unknown)"))
+        name = f"{f.path} (Debian {package.name})"
+        copyright_ = package.copyright
+        if copyright_ is None:
+            return Verdict("tree", name, package.version, "", None, False,
+                           problem=f"package {package.name} has no copyright file (unknown)")
+        clar = next((c for c in self.policy.native_clarifications
+                     if c.package == package.name), None)
+        note, expression = "", None
+        if clar is not None:
+            self.used_native.add(clar.package)
+            if clar.copyright_sha256 != copyright_.sha256:
+                return Verdict("tree", name, package.version, copyright_.default_license or "",
+                               None, False, problem=(
+                                   f"clarification pinned to copyright sha256 "
+                                   f"{clar.copyright_sha256}, but the file is "
+                                   f"{copyright_.sha256}: review it again"))
+            expression, note = clar.license, f"clarified: {clar.reason.splitlines()[0]}"
+        elif copyright_.default_license:
+            expression = self.policy.debian_licenses.get(copyright_.default_license)
+        reported = copyright_.default_license or "; ".join(copyright_.licenses)
+        verdict = self.judge("tree", name, package.version, reported, expression,
+                             self.policy.exception_for(package.name, package.version))
+        if expression is None:
+            verdict.problem = (f"the license of {package.name} ({reported or 'none named'}) "
+                               "is not one [debian_licenses] maps, and no "
+                               "[[native_clarification]] reviews it (unknown)")
+        verdict.note = verdict.note or note or f"from {f.source}"
+        return verdict
+
+    def runtime(self, name: str, version: str, expression: str, note: str) -> Verdict:
+        verdict = self.judge("runtime", name, version, expression, expression, None)
+        verdict.note = note
+        return verdict
+
+    def go_module(self, module: GoModule) -> Verdict:
+        expression = self.policy.go_license(module.path)
+        verdict = self.judge("go", module.path, module.version, expression or "", expression,
+                             None)
+        if expression is None:
+            verdict.problem = "no [go_modules] entry reviews this module's license (unknown)"
+        verdict.note = "compiled into Litestream"
+        return verdict
+
+    def os_package(self, package: DebianPackage) -> Verdict:
+        """An image package: a separate program beside ours, allowed from Debian's free
+        archive with its licenses recorded; unknown licenses are denied."""
+        copyright_ = package.copyright
+        licenses = copyright_.licenses if copyright_ else ()
+        verdict = Verdict("os", package.name, package.version, "; ".join(licenses), None,
+                          False, note="separate program: licenses recorded")
+        component = package.section.split("/")[0] if "/" in package.section else "main"
+        if component in self.policy.os.denied_sections:
+            verdict.problem = f"from Debian's {component} archive ({package.section})"
+            return verdict
+        if copyright_ is None:
+            verdict.problem = "no /usr/share/doc/PKG/copyright file (unknown license)"
+            return verdict
+        if not licenses:
+            clar = next((c for c in self.policy.os_clarifications
+                         if c.package == package.name), None)
+            if clar is None or clar.copyright_sha256 != copyright_.sha256:
+                verdict.problem = (f"its copyright file (sha256 {copyright_.sha256[:12]}…) "
+                                   "names no license we can read: add an "
+                                   "[[os_clarification]] pinned to it")
+                return verdict
+            self.used_os_clarifications.add(clar.package)
+            verdict.reported = "; ".join(clar.licenses)
+            verdict.note = f"clarified: {clar.reason.splitlines()[0]}"
+        verdict.allowed = True
+        return verdict
+
+    def os_link(self, link: RunTimeLink, packages: dict[str, DebianPackage]) -> Verdict:
+        """An OS library the binary loads at run time: linked into our process, so it must
+        be reviewed in [[os_linked]] (its license and why that is acceptable)."""
+        package = packages.get(link.package or "")
+        name = f"{link.soname} ({link.package or 'no package'})"
+        version = package.version if package else ""
+        by = ", ".join(link.needed_by[:3]) + (" …" if len(link.needed_by) > 3 else "")
+        if link.package is None:
+            return Verdict("os-link", name, version, "", None, False,
+                           problem=f"needed by {by}, but no image package provides it")
+        entry = next((e for e in self.policy.os_linked if e.package == link.package), None)
+        if entry is None:
+            return Verdict("os-link", name, version, "", None, False, problem=(
+                f"loaded from the OS at run time (needed by {by}) but not reviewed: add an "
+                f"[[os_linked]] entry for {link.package}"))
+        self.used_os_linked.add(entry.package)
+        return Verdict("os-link", name, version, entry.license, entry.license, True,
+                       note=f"reviewed: {entry.reason.splitlines()[0]}")
+
     def stale_entries(self, packages: list[PythonPackage]) -> list[str]:
         """Allow entries nothing used, exceptions and clarifications that match nothing."""
         shipped = {(normalise_name(p.name), p.version) for p in packages}
@@ -209,9 +331,10 @@ class Gate:
 
 
 def evaluate(policy: Policy, packages: list[PythonPackage], libs: list[NativeLibrary],
-             models: list[Model], unlisted: list[str] | None = None) -> Report:
+             models: list[Model], unlisted: list[str] | None = None,
+             shipped: Shipped | None = None) -> Report:
     """Judge everything that ships (``unlisted``: distributions nobody reported a license
-    for, each a violation)."""
+    for, each a violation; ``shipped``: the binary's tree, Litestream and the image)."""
     gate = Gate(policy)
     report = Report()
     for dist in unlisted or []:
@@ -221,5 +344,49 @@ def evaluate(policy: Policy, packages: list[PythonPackage], libs: list[NativeLib
     report.verdicts += [gate.python(p) for p in packages]
     report.verdicts += [gate.native(lib) for lib in libs]
     report.verdicts += [gate.model(m) for m in models]
+    if shipped is not None:
+        report.verdicts += _judge_shipped(gate, shipped, packages)
     report.warnings = gate.stale_entries(packages)
+    if shipped is not None:
+        report.warnings += _stale_shipped(gate, shipped)
     return report
+
+
+def _judge_shipped(gate: Gate, shipped: Shipped,
+                   packages: list[PythonPackage]) -> list[Verdict]:
+    out: list[Verdict] = []
+    if shipped.tree is not None:
+        tree = shipped.tree
+        listed = {normalise_name(p.name) for p in packages}
+        for f in tree.files:
+            if f.origin == "python" and normalise_name(f.owner) not in listed:
+                out.append(Verdict("tree", f.path, "", "", None, False, problem=(
+                    f"from the Python distribution {f.owner}, which the ship environment "
+                    "does not hold (its license was never judged)")))
+            elif f.origin in ("debian", "unknown"):
+                out.append(gate.tree_file(f, shipped.build_packages.get(f.owner)))
+        out.append(gate.runtime("CPython", tree.python_version, "PSF-2.0",
+                                "statically linked into slm.bin, and its extension modules"))
+        out.append(gate.runtime("Nuitka runtime", shipped.nuitka_version, "Apache-2.0",
+                                "compiled into slm.bin"))
+        by_name = {p.name: p for p in shipped.os_packages}
+        out += [gate.os_link(link, by_name) for link in shipped.links]
+    if shipped.go is not None:
+        go = shipped.go
+        out.append(gate.runtime("Go runtime and standard library", go.go_version,
+                                gate.policy.go_license("std") or "BSD-3-Clause",
+                                "compiled into Litestream"))
+        out += [gate.go_module(m) for m in (go.main, *go.deps)]
+    out += [gate.os_package(p) for p in shipped.os_packages]
+    return out
+
+
+def _stale_shipped(gate: Gate, shipped: Shipped) -> list[str]:
+    out = []
+    if shipped.tree is not None:
+        out += [f"unused native clarification: {c.package}"
+                for c in gate.policy.native_clarifications if c.package not in gate.used_native]
+        if shipped.os_packages:
+            out += [f"unused os_linked entry: {e.package}" for e in gate.policy.os_linked
+                    if e.package not in gate.used_os_linked]
+    return out

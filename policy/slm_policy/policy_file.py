@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from license_expression import ExpressionError, get_spdx_licensing
+from license_expression import ExpressionError, LicenseSymbol, Licensing, get_spdx_licensing
 
 from slm_policy.errors import PolicyError
 
@@ -16,7 +16,11 @@ from slm_policy.errors import PolicyError
 DENIED_FAMILIES = re.compile(
     r"^(A?GPL|LGPL|SSPL|BUSL|BSL|CC-BY-NC|CC-BY-SA|CC-BY-ND|Elastic|EUPL|OSL|CDDL|EPL|MS-RL|"
     r"CPAL|RPL|Sleepycat|Commons-Clause)", re.IGNORECASE)
-LICENSING = get_spdx_licensing()
+# SPDX's list, plus the one reference the project defines: public-domain dedications
+# (SQLite, liblzma), which have no SPDX id.
+PUBLIC_DOMAIN = "LicenseRef-public-domain"
+LICENSING = Licensing([*{id(s): s for s in get_spdx_licensing().known_symbols.values()}
+                       .values(), LicenseSymbol(PUBLIC_DOMAIN)])
 
 
 def normalise_name(name: str) -> str:
@@ -54,6 +58,45 @@ class ModelException:
     reason: str
 
 
+@dataclass(frozen=True)
+class NativeClarification:
+    """The license of a Debian package's library inside the binary's tree, read from its
+    copyright file (pinned to that file's sha256) where ``Files: *`` does not cover it."""
+
+    package: str
+    license: str
+    copyright_sha256: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class OsLinked:
+    """A library of the OS that the binary loads at run time, reviewed: its package, the
+    license it comes under and why that is acceptable."""
+
+    package: str
+    license: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class OsClarification:
+    """Licenses of an image package whose copyright file names none we can read."""
+
+    package: str
+    licenses: tuple[str, ...]
+    copyright_sha256: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class OsPolicy:
+    """How the image's Debian packages (separate programs beside ours) are judged."""
+
+    denied_sections: tuple[str, ...] = ("non-free", "non-free-firmware", "contrib")
+    reason: str = ""
+
+
 @dataclass
 class Policy:
     allow: dict[str, str]
@@ -62,6 +105,18 @@ class Policy:
     exceptions: list[Exception_] = field(default_factory=list)
     clarifications: list[Clarification] = field(default_factory=list)
     model_exceptions: list[ModelException] = field(default_factory=list)
+    debian_licenses: dict[str, str] = field(default_factory=dict)
+    go_modules: dict[str, str] = field(default_factory=dict)
+    native_clarifications: list[NativeClarification] = field(default_factory=list)
+    os_linked: list[OsLinked] = field(default_factory=list)
+    os_clarifications: list[OsClarification] = field(default_factory=list)
+    os: OsPolicy = field(default_factory=OsPolicy)
+
+    def go_license(self, module: str) -> str | None:
+        """The SPDX expression of a Go module: the longest matching prefix wins."""
+        best = max((p for p in self.go_modules if module == p or module.startswith(p)),
+                   key=len, default=None)
+        return self.go_modules[best] if best is not None else None
 
     def exception_for(self, name: str, version: str) -> Exception_ | None:
         for exc in self.exceptions:
@@ -129,7 +184,9 @@ def _load_policy(path: Path) -> Policy:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PolicyError(f"{path}: cannot read the policy: {exc}") from None
     unknown = set(doc) - {"allow", "classifiers", "models", "exception", "clarification",
-                          "model_exception"}
+                          "model_exception", "debian_licenses", "go_modules",
+                          "native_clarification", "os_linked", "os_clarification",
+                          "os_components"}
     if unknown:
         raise PolicyError(f"{path}: unknown section(s): {', '.join(sorted(unknown))}")
     allow = {}
@@ -172,4 +229,36 @@ def _load_policy(path: Path) -> Policy:
         _require(entry, ("sha256", "license", "reason"), where)
         model_exceptions.append(ModelException(entry["sha256"].lower(), entry["license"],
                                                entry["reason"].strip()))
-    return Policy(allow, classifiers, models, exceptions, clarifications, model_exceptions)
+    debian_licenses = _table(doc, "debian_licenses", path)
+    for name, spdx_id in debian_licenses.items():
+        _check_expression(spdx_id, f"{path} [debian_licenses] {name!r}")
+    go_modules = _table(doc, "go_modules", path)
+    for name, spdx_id in go_modules.items():
+        _check_expression(spdx_id, f"{path} [go_modules] {name!r}")
+    native = []
+    for i, entry in enumerate(doc.get("native_clarification", [])):
+        where = f"{path} [[native_clarification]] #{i + 1}"
+        _require(entry, ("package", "license", "copyright_sha256", "reason"), where)
+        native.append(NativeClarification(entry["package"], _check_expression(
+            entry["license"], where), entry["copyright_sha256"].lower(),
+            entry["reason"].strip()))
+    linked = []
+    for i, entry in enumerate(doc.get("os_linked", [])):
+        where = f"{path} [[os_linked]] #{i + 1}"
+        _require(entry, ("package", "license", "reason"), where)
+        linked.append(OsLinked(entry["package"], _check_expression(entry["license"], where),
+                               entry["reason"].strip()))
+    os_clarifications = []
+    for i, entry in enumerate(doc.get("os_clarification", [])):
+        where = f"{path} [[os_clarification]] #{i + 1}"
+        _require(entry, ("package", "licenses", "copyright_sha256", "reason"), where)
+        os_clarifications.append(OsClarification(
+            entry["package"], tuple(str(x) for x in entry["licenses"]),
+            entry["copyright_sha256"].lower(), entry["reason"].strip()))
+    components = doc.get("os_components", {})
+    if not isinstance(components, dict):
+        raise PolicyError(f"{path}: [os_components] must be a table")
+    os_policy = OsPolicy(tuple(components.get("denied_sections", OsPolicy.denied_sections)),
+                         str(components.get("reason", "")).strip())
+    return Policy(allow, classifiers, models, exceptions, clarifications, model_exceptions,
+                  debian_licenses, go_modules, native, linked, os_clarifications, os_policy)
