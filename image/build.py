@@ -302,6 +302,15 @@ def _packages(rootfs: Path) -> list[dict]:
     return packages
 
 
+def release_of(binary_manifest: dict) -> dict[str, str]:
+    """The release identity the binary's build recorded (architecture, version, commit)."""
+    try:
+        return {k: str(binary_manifest[k]) for k in ("architecture", "version", "commit")}
+    except KeyError as exc:
+        raise ImageBuildError(f"the binary's manifest names no release {exc.args[0]}",
+                              hint="rebuild it: just binary") from None
+
+
 def judge_licenses(arch: str, payload: Path, rootfs: Path, model: Path,
                    binary_manifest: dict, out_dir: Path) -> dict:
     """The license gate over what this image ships, file by file: the binary's unpacked
@@ -454,7 +463,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
     _customize(recipe, rootfs, authorized_keys)
     try:
         sealed = signing.seal(rootfs, PAYLOAD, rootfs / installed["model"]["path"].lstrip("/"),
-                              bundle_path_for(model), work)
+                              bundle_path_for(model), work, release_of(binary_manifest))
     except SigningSetupError as exc:
         raise ImageBuildError(exc.message, hint=exc.hint) from None
     installed["signing"] = {**sealed, "build_verify_seconds": verify_seconds}
@@ -466,7 +475,8 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
     shutil.copy2(kernel, out_dir / "vmlinuz")
     shutil.copy2(initrd, out_dir / "initrd.img")
     largest = _largest(rootfs)
-    image_info = {"arch": arch, "suite": recipe["suite"], "mirror": recipe.get("mirror") or
+    image_info = {"arch": arch, "release": release_of(binary_manifest),
+                  "suite": recipe["suite"], "mirror": recipe.get("mirror") or
                   "build machine's apt sources", "source_date_epoch": epoch,
                   "kernel": kernel.name.removeprefix("vmlinuz-"), **installed}
     (rootfs / PAYLOAD.lstrip("/") / "image.json").write_text(json.dumps(image_info, indent=2))

@@ -28,6 +28,7 @@ from slm_policy.release import ReleaseError, load_signer, sign
 
 TRUST_DIR = "/usr/lib/slm/trust"
 FILE_LIST = "/usr/lib/slm/bin.files.json"
+INSTALLED_RELEASE = "/var/lib/slm/installed-release"  # slm.service's StateDirectory
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,14 @@ class ImageSigning:
             raise SigningSetupError(exc.one_line()) from None
 
     def seal(self, rootfs: Path, payload: str, model_in_image: Path, model_bundle: Path,
-             work: Path) -> dict:
-        """Put the model's bundle, the signed file list of ``payload``/bin, the trust root and
-        the ``[signing]`` config into ``rootfs``; returns what the manifest records."""
+             work: Path, release: dict[str, str]) -> dict:
+        """Put the model's bundle, the signed file list of ``payload``/bin (naming the
+        ``release``: architecture, version, commit), the trust root and the ``[signing]``
+        config into ``rootfs``; returns what the manifest records."""
         shutil.copy2(model_bundle, bundle_path_for(model_in_image))
         bin_dir = rootfs / payload.lstrip("/") / "bin"
         try:
-            listing = file_list(bin_dir, f"{payload}/bin")
+            listing = {**file_list(bin_dir, f"{payload}/bin"), "release": release}
         except SignatureError as exc:
             raise SigningSetupError(exc.one_line()) from None
         staged = work / Path(FILE_LIST).name
@@ -102,7 +104,9 @@ class ImageSigning:
             f"trusted_root = {quoted(TRUST_DIR + '/trusted_root.json')}\n"
             f"identity = {quoted(self.signer.identity)}\n"
             f"issuer = {quoted(self.signer.issuer)}\n"
-            f"file_list = {quoted(FILE_LIST)}\n"))
+            f"file_list = {quoted(FILE_LIST)}\n"
+            "# the newest release this device has served (state partition): no downgrade\n"
+            f"installed_release = {quoted(INSTALLED_RELEASE)}\n"))
         return {"signer": self.signer_name, "identity": self.signer.identity,
                 "issuer": self.signer.issuer, "file_list_entries": len(listing["files"]),
                 "file_list_sign_seconds": round(signed_in, 2)}

@@ -115,7 +115,7 @@ def _shipped_components(report: Report, shipped: Shipped,
                     "version": go.main.version, "purl": go.main.purl,
                     "licenses": _licenses(getattr(verdicts.get(("go", go.main.path)),
                                                   "expression", None)),
-                    "components": deps})
+                    "properties": _files(["litestream"]), "components": deps})
     for package in shipped.os_packages:
         verdict = verdicts.get(("os", package.name))
         out.append({"type": "library", "bom-ref": f"os:{package.purl}", "name": package.name,

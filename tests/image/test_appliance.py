@@ -147,6 +147,22 @@ def test_memory_stays_under_the_budget_under_the_device_load(host, forwarded_cha
     assert 0 < peak <= BUDGET_BYTES, f"{peak / 1e6:.1f} MB"
 
 
+def test_the_sbom_names_the_component_of_every_shipped_file(host, image_dir):
+    """The release's SBOM (signed with it) holds every file of the booted binary's tree and
+    Litestream beside it, each under the component it came from, and every package the
+    running system has installed."""
+    bom = json.loads((image_dir / "sbom.cdx.json").read_text())
+    named = {p["value"] for c in bom["components"] for p in c.get("properties", [])
+             if p["name"] == "service-slm:file"}
+    shipped = set(host.check_output("find /usr/lib/slm/bin -type f -printf '%P\\n'").split())
+    assert "slm.bin" in shipped and "litestream" in shipped
+    assert shipped <= named, sorted(shipped - named)[:5]
+    installed = set(host.check_output("dpkg-query -W -f '${Package}\\n'").split())
+    listed = {c["name"] for c in bom["components"]
+              if c.get("description", "").startswith("Debian package of the appliance")}
+    assert installed and installed == listed, sorted(installed ^ listed)[:5]
+
+
 def test_model_sha256_matches_the_manifest(host, manifest):
     model = manifest["model"]
     assert host.file(model["path"]).sha256sum == model["sha256"]

@@ -1,5 +1,6 @@
 """The appliance recovers: a killed Doorman is restarted and its ledger still verifies; a
-reboot keeps the state; a swapped model is refused and the service does not start. Runs
+reboot keeps the state; a swapped model, and a release older than the one the device
+served, are refused and the service does not start. Runs
 after test_appliance.py (it restarts the service and the VM)."""
 
 from __future__ import annotations
@@ -74,6 +75,32 @@ def test_swapped_model_is_refused_and_the_service_does_not_start(vm, host, manif
     took = _wait_ready(vm)
     assert host.service("slm.service").is_running
     print(f"swapped model refused; ready again {took:.1f} s after it was put back")
+
+
+def test_a_release_older_than_the_installed_one_is_refused(vm, host, manifest):
+    """Once ready, the Doorman recorded its release (from the signed file list) on the state
+    partition. Were a newer release recorded (one that ran here before), this one is a
+    downgrade: refused at start, exit 3, no restart loop. The record put back, it starts."""
+    floor = "/var/lib/slm/installed-release"
+    version = manifest["release"]["version"]
+    assert host.file(floor).content_string.strip() == version
+    host.run_expect([0], f"cp {floor} /run/installed-release && printf '99\\n' > {floor}")
+    try:
+        host.run_expect([0], "systemctl stop slm.service")
+        since = host.check_output("date +%s")
+        host.run("systemctl start slm.service")  # fails: the start is refused
+        time.sleep(8)
+        show = host.check_output("systemctl show -p ActiveState -p ExecMainStatus "
+                                 "slm.service")
+        assert "ActiveState=failed" in show and "ExecMainStatus=3" in show, show
+        log = host.check_output(f"journalctl -u slm.service --since @{since} -o cat")
+        assert f"release {version} is older than 99" in log, log[-2000:]
+    finally:
+        host.run(f"cp /run/installed-release {floor}")
+    host.run_expect([0], "systemctl reset-failed slm.service; systemctl start slm.service")
+    took = _wait_ready(vm)
+    assert host.file(floor).content_string.strip() == version
+    print(f"downgrade refused; ready again {took:.1f} s after the record was put back")
 
 
 def test_reboot_keeps_the_state(vm, host, doorman):

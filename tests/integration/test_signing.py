@@ -488,3 +488,62 @@ def test_adapters_go_through_the_same_admission(start_server, stack: SigstoreSta
     assert refused.returncode == 3, refused.stderr
     assert "pirate.gguf" in refused.stderr and "no signature bundle" in refused.stderr
     assert not (tmp_path / "ledger.db").exists()
+
+
+# --- no downgrade: signing.installed_release ----------------------------------------------
+
+
+@pytest.fixture
+def released_tree(stack: SigstoreStack, token_file: Path, tmp_path: Path) -> Path:
+    """A signed file list naming release 0.1.0.7, as the image build writes it."""
+    tree = tmp_path / "bin"
+    tree.mkdir()
+    (tree / "slm.bin").write_bytes(b"\x7fELF binary")
+    listing = tmp_path / "bin.files.json"
+    listing.write_text(json.dumps({**file_list(tree), "release": {
+        "architecture": "amd64", "version": "0.1.0.7", "commit": COMMIT}}))
+    sign([listing], trust_config=stack.trust_config_path, token_file=token_file)
+    return listing
+
+
+@pytest.mark.parametrize("recorded", ["0.1.0.10", "0.2"])
+def test_an_older_release_than_the_device_served_is_refused(
+        recorded: str, stack: SigstoreStack, signed_model: Path, released_tree: Path,
+        tmp_path: Path) -> None:
+    floor = tmp_path / "installed-release"
+    floor.write_text(recorded + "\n")
+    config = tmp_path / "slm.toml"
+    config.write_text(signing_config(stack, released_tree)
+                      + f'installed_release = "{floor}"\n')
+    done = run_slm("serve", "--config", str(config), "--model", str(signed_model),
+                   "--port", "0", "--ledger-path", str(tmp_path / "ledger.db"), timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert f"release 0.1.0.7 is older than {recorded}" in done.stderr, done.stderr
+    assert "a downgrade is refused" in done.stderr
+    assert floor.read_text() == recorded + "\n" and not (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.parametrize("recorded", [None, "0.1.0.7", "0.1.0.6"])
+def test_a_release_once_ready_becomes_the_installed_one(
+        recorded: str | None, start_server, stack: SigstoreStack, signed_model: Path,
+        released_tree: Path, tmp_path: Path) -> None:
+    import time
+
+    floor = tmp_path / "installed-release"
+    if recorded:
+        floor.write_text(recorded + "\n")
+    start_server(signed_model, signing_config(stack, released_tree)
+                 + f'installed_release = "{floor}"\n')
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (floor.exists() and "0.1.0.7" in
+                                               floor.read_text()):
+        time.sleep(0.1)
+    assert floor.read_text() == "0.1.0.7\n"
+
+
+def test_installed_release_needs_a_file_list(tmp_path: Path) -> None:
+    config = tmp_path / "slm.toml"
+    config.write_text('[signing]\ntrusted_root = "/x/t.json"\nidentity = "a"\nissuer = "b"\n'
+                      'installed_release = "/x/installed"\n')
+    done = run_slm("config", "show", "--config", str(config))
+    assert done.returncode == 2 and "signing.file_list" in done.stderr

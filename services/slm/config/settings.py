@@ -356,6 +356,11 @@ class Settings:
         "binary): at start every listed file must match and no unlisted file may sit in "
         "the listed directory.",
     )
+    installed_release: str | None = _setting(
+        "signing", None, "File recording the newest release this device has served "
+        "(written once the service is ready): a start whose signed file list names an older "
+        "release is refused, a downgrade (needs `signing.file_list`).",
+    )
     # [logging]
     log_level: str = _setting(
         "logging", "info", "Log level.", check=_one_of("debug", "info", "warning", "error")
@@ -516,6 +521,9 @@ def load_settings(
         raise ConfigError("server.tls_client_ca needs server.tls_cert and server.tls_key")
     if settings.file_list and not settings.trusted_root:
         raise ConfigError("signing.file_list needs signing.trusted_root")
+    if settings.installed_release and not settings.file_list:
+        raise ConfigError("signing.installed_release needs signing.file_list (the release "
+                          "is named in the signed file list)")
     return settings
 
 

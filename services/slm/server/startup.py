@@ -224,6 +224,35 @@ def check_signatures_in_child(settings: Settings, model: Path) -> list[Verified]
     return [Verified(**{**v, "path": Path(v["path"])}) for v in report["verified"]]
 
 
+def release_admission(settings: Settings, verified: dict[Path, str]) -> str | None:
+    """The release the verified file list names, refused (SignatureError, exit 3) when it
+    is older than ``signing.installed_release`` records."""
+    if not (settings.installed_release and settings.file_list):
+        return None
+    from slm.model.release_floor import refuse_downgrade, release_in_file_list
+
+    listing = Path(settings.file_list)
+    if listing not in verified:  # fail closed: the check must have covered the file list
+        raise SignatureError(f"{listing}: the signature check did not cover the file list")
+    release = release_in_file_list(listing, verified[listing])
+    refuse_downgrade(release, Path(settings.installed_release))
+    return release
+
+
+def record_release(settings: Settings, release: str | None) -> None:
+    """Once ready: this release is the newest the device has served (if it is)."""
+    if not (release and settings.installed_release):
+        return
+    from slm.model.release_floor import record_served
+
+    try:
+        if record_served(release, Path(settings.installed_release)):
+            log.info("installed release recorded: %s", release)
+    except OSError as exc:
+        log.warning("cannot record the installed release in %s: %s",
+                    settings.installed_release, exc.strerror)
+
+
 def serve(settings: Settings, api_keys: list[str]) -> int:
     """Run the Doorman until SIGTERM/SIGINT; the process exit code."""
     from slm.ops.logs import setup_logging
@@ -249,6 +278,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
                 verified_model = done
         if verified_model is None:  # fail closed: the check must have covered this model
             raise SignatureError(f"{model}: the signature check did not cover the model")
+    release = release_admission(settings, verified or {})
     model_file = open_model_file(settings.model, settings.model_sha256)
     if verified_model and model_file.sha256 != verified_model.sha256:
         raise SignatureError(f"{model_file.path} changed after its signature was verified "
@@ -305,6 +335,7 @@ def serve(settings: Settings, api_keys: list[str]) -> int:
                 assert doorman.engine is not None
                 notify_ready(f"serving {doorman.model_id} on {where} "
                              f"(context {doorman.engine.n_ctx})")
+                record_release(settings, release)
         except SlmError as exc:
             log.error("model load failed: %s", exc.one_line())
             server.should_exit = True
