@@ -140,10 +140,31 @@ def _free_port() -> int:
         return port
 
 
+_UNPACKED: dict[Path, Path] = {}
+
+
+def unpacked(binary: Path) -> Path:
+    """The one-file binary's payload unpacked (once per gate run, in a scratch directory
+    removed at exit): the tree the appliance runs, ``slm.bin`` with no launcher."""
+    if binary not in _UNPACKED:
+        import atexit
+
+        cache = Path(tempfile.mkdtemp(prefix="slm-budget-unpack-"))
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        subprocess.run([str(binary), "--version"], env={**os.environ, "XDG_CACHE_HOME":
+                                                        str(cache)},
+                       stdout=subprocess.DEVNULL, check=True)
+        trees = [p for p in (cache / "slm").iterdir() if (p / "slm.bin").is_file()]
+        if len(trees) != 1:
+            raise RuntimeError(f"{binary}: no unpacked slm.bin")
+        _UNPACKED[binary] = trees[0] / "slm.bin"
+    return _UNPACKED[binary]
+
+
 def service_command(binary: Path | None) -> list[str]:
-    """How the service is started: the compiled binary (what ships) or, without one, the
-    Python package (a development stand-in)."""
-    return [str(binary)] if binary is not None else [sys.executable, "-m", "slm"]
+    """How the service is started: the compiled binary as the appliance runs it (its
+    unpacked ``slm.bin``) or, without one, the Python package (a development stand-in)."""
+    return [str(unpacked(binary))] if binary is not None else [sys.executable, "-m", "slm"]
 
 
 def _is_document_reader(pid: int) -> bool:
@@ -223,8 +244,8 @@ def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
         args += ["--config", str(work / "slm.toml"), "--memory-budget-mb", f"{budget_mb:g}"]
     else:
         args += ["--memory-budget-mb", "100000", "--prompt-cache-memory-mb", "0"]
-    if model is not None:
-        args += ["--model", str(model), "--model-id", "m"]
+    if model is not None or binary is not None:  # the unpacked tree has no model beside it
+        args += ["--model", str(path), "--model-id", "m"]
     cgroup = Cgroup()
     _evict_from_page_cache(path)
     # The child joins the cgroup before it execs: everything it maps is charged there.

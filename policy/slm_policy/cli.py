@@ -189,7 +189,8 @@ def _budget(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"slm-gate: error: {exc}", file=sys.stderr)
         return 2
-    what = f"the binary {args.binary}" if args.binary else "the Python package (not what ships)"
+    what = (f"the binary {args.binary}, unpacked as the image runs it" if args.binary
+            else "the Python package (not what ships)")
     try:
         baseline = calibrate(args.model, binary=args.binary)
         print(f"runtime baseline of {what}: {baseline:.1f} MB (measured: a 512-token "
@@ -226,7 +227,7 @@ def _budget(args: argparse.Namespace) -> int:
               f"{cg} {r['hwm_sum_peak'] / mb:8.1f}  {verdict}")
     print("(MB, 10^6 bytes, sampled every 0.2 s over the service's process tree. "
           "predicted = the planner's footprint + the prompt cache's allowance + the adapter; "
-          "measured = the peak PSS of the long-lived processes (launcher and service); PSS "
+          "measured = the peak PSS of the long-lived processes (the service); PSS "
           "and anon+swap = the peak sums of PSS and of RssAnon + VmSwap, the document reader "
           "included while it ran; cgroup = the peak of the memory cgroup the service ran in, "
           f"page cache included ({rows[0]['cgroup'] if rows else 'none'}); VmHWM = the sum "
