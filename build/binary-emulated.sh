@@ -64,14 +64,18 @@ if awk -v c="$CHROOT/" 'index($2, c) == 1 {found=1} END {exit !found}' /proc/mou
   echo "binary-emulated: $CHROOT still has mounts; refusing to touch it" >&2; exit 1
 fi
 CHROOT_PACKAGES="python3-dev,python3-venv,gcc,libc6-dev,patchelf,ccache,libsystemd-dev,pkg-config,libgomp1"
-if [ "$(cat "$CHROOT/.packages" 2>/dev/null)" != "$SUITE $CHROOT_PACKAGES" ]; then
+# copyright files stay: the license gate judges the native libraries Nuitka copies out of
+# this chroot by their Debian package's copyright file
+CHROOT_RECIPE="$SUITE $CHROOT_PACKAGES copyright-files"
+if [ "$(cat "$CHROOT/.packages" 2>/dev/null)" != "$CHROOT_RECIPE" ]; then
   say "making the $ARCH build chroot (emulated dpkg: minutes, once)"
   rm -rf "$CHROOT"
   mkdir -p "$OUT"  # mmdebstrap wants the target's parent to exist
   mmdebstrap --arch="$ARCH" --variant=apt --include="$CHROOT_PACKAGES" \
-    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' "$SUITE" "$CHROOT" >/dev/null
-  echo "$SUITE $CHROOT_PACKAGES" > "$CHROOT/.packages"
+  echo "$CHROOT_RECIPE" > "$CHROOT/.packages"
 fi
 
 if [ -n "$PREPARE" ]; then

@@ -302,6 +302,21 @@ def _packages(rootfs: Path) -> list[dict]:
     return packages
 
 
+def _set_memory_baseline(rootfs: Path, binary_manifest: dict) -> float | None:
+    """The planner's runtime baseline in the image's config: the one `just budget` measured
+    for this binary (``runtime_baseline_mb`` of its manifest), when it was measured."""
+    baseline = binary_manifest.get("runtime_baseline_mb")
+    if baseline is None:
+        print("image: the binary's runtime baseline was not measured (just budget); the "
+              "service keeps its default memory.baseline_mb", file=sys.stderr)
+        return None
+    config = rootfs / "etc/slm/slm.toml"
+    config.write_text(config.read_text() + (
+        "\n[memory]\n# the binary's runtime baseline, measured by `just budget` on this build\n"
+        f"baseline_mb = {float(baseline)}\n"))
+    return float(baseline)
+
+
 def release_of(binary_manifest: dict) -> dict[str, str]:
     """The release identity the binary's build recorded (architecture, version, commit)."""
     try:
@@ -326,7 +341,8 @@ def judge_licenses(arch: str, payload: Path, rootfs: Path, model: Path,
     done = subprocess.run(
         [sys.executable, "-m", "slm_policy.cli", "licenses", "--python", str(ship_python),
          "--binary-tree", str(payload), "--build-root", str(build_root),
-         "--nuitka-version", binary_manifest["nuitka"], "--os-root", str(rootfs),
+         "--nuitka-version", binary_manifest["nuitka"],
+         "--cpython-version", binary_manifest["python"], "--os-root", str(rootfs),
          "--litestream", str(payload.parent / "litestream"), "--model", str(model),
          "--product-version", binary_manifest.get("version", "0.0.0"),
          "--json", str(report), "--sbom", str(out_dir / "sbom.cdx.json")],
@@ -469,6 +485,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
     installed["signing"] = {**sealed, "build_verify_seconds": verify_seconds}
     installed["licenses"] = judge_licenses(arch, payload, rootfs, model, binary_manifest,
                                            out_dir)
+    installed["memory_baseline_mb"] = _set_memory_baseline(rootfs, binary_manifest)
     packages = _packages(rootfs)
     kernel = sorted((rootfs / "boot").glob("vmlinuz-*"))[-1]
     initrd = rootfs / "boot" / kernel.name.replace("vmlinuz-", "initrd.img-")

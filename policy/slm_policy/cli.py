@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="the root the binary was built in, whose Debian packages its native "
                      "libraries came from (default: /; an emulated build's chroot)")
     lic.add_argument("--nuitka-version", default="", help="recorded for slm.bin's runtime")
+    lic.add_argument("--cpython-version", default="",
+                     help="the CPython the binary was built with (default: --python's)")
     lic.add_argument("--os-root", type=Path, default=None,
                      help="the image's root file system: judge its Debian packages and the OS "
                      "libraries the binary links at run time")
@@ -170,6 +172,10 @@ def _shipped(args: argparse.Namespace) -> Shipped | None:
 
     tree = read_tree(args.binary_tree, args.python, args.build_root) \
         if args.binary_tree else None
+    if tree is not None and args.cpython_version:
+        from dataclasses import replace
+
+        tree = replace(tree, python_version=args.cpython_version)
     build_packages = {}
     if tree is not None:
         wanted = {f.owner for f in tree.files if f.origin == "debian"}

@@ -211,8 +211,9 @@ class Settings:
         check=_at_least(1),
     )
     memory_baseline_mb: float = _setting(
-        "memory", 58.0, "The runtime's own footprint without a model (measured, see "
-        "policy/budget.toml), added by the planner.", check=_at_least(0),
+        "memory", 58.0, "The runtime's own footprint without a model, added by the planner "
+        "(58 MB measured for the Python package; `just budget` measures the binary's on each "
+        "build and the image sets it).", check=_at_least(0),
     )
     # [ledger]
     ledger_path: str = _setting(
