@@ -177,29 +177,25 @@ def _is_document_reader(pid: int) -> bool:
 class TreeSampler:
     """Samples the service's process tree every ``interval`` s in the background and keeps
     the largest sums seen: VmHWM (an upper bound: pages shared between processes, such as
-    the one-file launcher's and its child's, count once per process), PSS (shared pages
-    split between their users, so sums add up), PSS of the long-lived processes alone (the
-    document readers left out) and RssAnon + VmSwap. Transient children (the document
-    reader) count while they live."""
+    the service's and the document reader's libraries, count once per process), PSS
+    (shared pages split between their users, so sums add up) and RssAnon + VmSwap.
+    Transient children (the document reader) count while they live; ``long_lived_hwm`` is
+    the exact peak RSS of the processes still there at the end (the service)."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid, self.interval = pid, interval
-        self.hwm = self.pss = self.pss_long_lived = self.anon_swap = 0
+        self.hwm = self.pss = self.anon_swap = self.long_lived_hwm = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def sample(self) -> None:
-        readers: set[int] = set()
-        for p in process_tree(self.pid):
-            if _is_document_reader(p):
-                readers.update(process_tree(p))
         pids = process_tree(self.pid)
-        pss = {p: _pss_kb(p) * 1024 for p in pids}
-        self.hwm = max(self.hwm, sum(status_kb(p, "VmHWM") for p in pids) * 1024)
-        self.pss = max(self.pss, sum(pss.values()))
-        self.pss_long_lived = max(self.pss_long_lived,
-                                  sum(v for p, v in pss.items() if p not in readers))
+        hwm = sum(status_kb(p, "VmHWM") for p in pids) * 1024
+        self.hwm = max(self.hwm, hwm)
+        self.pss = max(self.pss, sum(_pss_kb(p) for p in pids) * 1024)
+        if not any(_is_document_reader(p) for p in pids):
+            self.long_lived_hwm = hwm  # VmHWM never falls: the last reading is the peak
         self.anon_swap = max(self.anon_swap, sum(
             status_kb(p, "RssAnon") + status_kb(p, "VmSwap") for p in pids) * 1024)
 
@@ -289,7 +285,7 @@ def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
             raise RuntimeError(f"load requests failed: {errors[:3]}")
         sampler.stop()
         sampler.sample()  # once more, after the load: the long-lived tree's final state
-        return {"measured": sampler.pss_long_lived, "pss_peak": sampler.pss,
+        return {"measured": sampler.long_lived_hwm, "pss_peak": sampler.pss,
                 "hwm_sum_peak": sampler.hwm, "anon_swap_peak": sampler.anon_swap,
                 "cgroup_peak": cgroup.peak(), "cgroup": cgroup.describe(),
                 "adapter_bytes": adapter_bytes}
@@ -358,9 +354,9 @@ def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
 
     The peak judged is the largest of: the cgroup's ``memory.peak`` (page cache
     included), the tree's sampled PSS and its RssAnon + VmSwap (the document reader
-    included while it lives). The prediction is the planner's footprint plus what the load
-    adds by design (the prompt cache's allowance, the adapter's tensors) against the
-    long-lived processes' sampled PSS peak."""
+    included while it lives), and the service's own peak RSS (VmHWM). The prediction is
+    the planner's footprint plus what the load adds by design (the prompt cache's
+    allowance, the adapter's tensors) against that VmHWM."""
     from slm.config.settings import Settings
     from slm.model.file import default_model_path
 
@@ -375,7 +371,8 @@ def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
         expected = predicted.total + prompt_cache + got["adapter_bytes"]
         measured = got["measured"]
         error = (expected - measured) / measured
-        peak = max(got["pss_peak"], got["anon_swap_peak"], got["cgroup_peak"] or 0)
+        peak = max(got["measured"], got["pss_peak"], got["anon_swap_peak"],
+                   got["cgroup_peak"] or 0)
         over = ctx == configured_ctx and peak > budget.budget_mb * MB
         bad_prediction = abs(error) > budget.prediction_tolerance
         ok = ok and not over and not bad_prediction

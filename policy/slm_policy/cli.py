@@ -233,12 +233,13 @@ def _budget(args: argparse.Namespace) -> int:
               f"{cg} {r['hwm_sum_peak'] / mb:8.1f}  {verdict}")
     print("(MB, 10^6 bytes, sampled every 0.2 s over the service's process tree. "
           "predicted = the planner's footprint + the prompt cache's allowance + the adapter; "
-          "measured = the peak PSS of the long-lived processes (the service); PSS "
-          "and anon+swap = the peak sums of PSS and of RssAnon + VmSwap, the document reader "
-          "included while it ran; cgroup = the peak of the memory cgroup the service ran in, "
-          f"page cache included ({rows[0]['cgroup'] if rows else 'none'}); VmHWM = the sum "
-          "of peak RSS, an upper bound that counts shared pages once per process. The budget "
-          "is judged against the largest of PSS, anon+swap and cgroup)")
+          "measured = the service's peak RSS (VmHWM of the processes that outlive the "
+          "load); PSS and anon+swap = the peak sums of PSS and of RssAnon + VmSwap, the "
+          "document reader included while it ran; cgroup = the peak of the memory cgroup the "
+          f"service ran in, page cache included ({rows[0]['cgroup'] if rows else 'none'}); "
+          "VmHWM = the largest sum of peak RSS with the reader, an upper bound that counts "
+          "shared pages once per process. The budget is judged against the largest of "
+          "measured, PSS, anon+swap and cgroup)")
     if args.json:
         _write(args.json, {"ok": ok, "budget_mb": budget.budget_mb, "unit": "bytes",
                            "runtime_baseline_mb": baseline, "service": what, "rows": rows})
