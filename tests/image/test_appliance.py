@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
+from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LEDGER, guest_http, ledger_verify
+from conftest import LEDGER, ROOT, guest_http, ledger_verify
 
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
 BUDGET_BYTES = 550 * 10**6  # policy/budget.toml budget_mb
@@ -133,10 +135,10 @@ def test_unit_exposure_is_within_target(host):
 
 def test_memory_stays_under_the_budget_under_the_device_load(host, forwarded_chat,
                                                             device_load):
-    """After what a device sees at its busiest (a completion, then a document read while
-    a cited answer is decoded, the prompt cache on): the service's cgroup peak, page
-    cache and the document reader included, within the budget (MB, as the unit's
-    MemoryMax counts it)."""
+    """After what a device sees at its busiest (a start with an adapter and the signature
+    check, then a document read while a cited answer and an adapter's answer are decoded,
+    the prompt cache on): the service's cgroup peak since that start, page cache and the
+    document reader included, within the budget (MB, as the unit's MemoryMax counts it)."""
     assert forwarded_chat[0].status_code == 200
     assert all(r.status_code in (200, 201) for r in device_load.values())
     peak = int(host.file("/sys/fs/cgroup/system.slice/slm.service/memory.peak")
@@ -224,12 +226,65 @@ def test_appliance_files_are_root_owned_and_not_writable_by_others(host, path):
     assert f.user == "root" and not f.mode & 0o022
 
 
+ADAPTER_DIR = "/run/slm-adapter"  # the root is read-only: the operator's copy lives in /run
+
+
+def _push(vm, data: bytes, path: str) -> None:
+    subprocess.run(vm.ssh_command(f"cat > {path} && chmod 0644 {path}"), input=data,
+                   check=True, capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
-def device_load(doorman) -> dict[str, httpx.Response]:
-    """A device at its busiest, in the order it sees it: a short PDF ingested, then a
-    cited answer from it decoded while a longer DOCX is read by the limited child (both at
-    once, through the forwarded HTTPS port). Sized for TCG: the cited prompt holds one
-    short excerpt and asks for two tokens."""
+def with_adapter(vm, host, manifest, tmp_path_factory) -> str:
+    """The Doorman restarted with a LoRA adapter loaded, as an operator adds one: an adapter
+    for the default model (generated), signed by the release's signer (build/with-sigstore.sh),
+    its [[adapter]] table in a copy of the config that a runtime drop-in points the unit to.
+    The start-up admission verifies it with the rest. Returns the adapter's model id."""
+    from slm.model.file import default_model_path, sha256_of
+    from slm_policy.budget_load import ADAPTER_NAME, adapter_config, write_lora
+
+    model = default_model_path()
+    assert sha256_of(model) == manifest["model"]["sha256"]
+    adapter = write_lora(tmp_path_factory.mktemp("adapter") / f"{ADAPTER_NAME}.gguf", model)
+    subprocess.run([str(ROOT / "build/with-sigstore.sh"), str(ROOT / ".venv/bin/slm-gate"),
+                    "sign", str(adapter)], check=True, capture_output=True, timeout=300)
+    host.run_expect([0], f"install -d -m 0755 {ADAPTER_DIR}")
+    guest_adapter = f"{ADAPTER_DIR}/{adapter.name}"
+    _push(vm, adapter.read_bytes(), guest_adapter)
+    _push(vm, Path(str(adapter) + ".sigstore.json").read_bytes(),
+          guest_adapter + ".sigstore.json")
+    config = host.file("/etc/slm/slm.toml").content_string + "\n" + adapter_config(
+        Path(guest_adapter), sha256_of(adapter), manifest["model"]["sha256"])
+    _push(vm, config.encode(), f"{ADAPTER_DIR}/slm.toml")
+    unit = host.file("/usr/lib/systemd/system/slm.service").content_string
+    start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    dropin = "/run/systemd/system/slm.service.d"
+    host.run_expect([0], f"install -d {dropin}")
+    _push(vm, ("[Service]\nExecStart=\n" + start.replace(
+        "/etc/slm/slm.toml", f"{ADAPTER_DIR}/slm.toml") + "\n").encode(),
+        f"{dropin}/50-adapter.conf")
+    host.run_expect([0], "systemctl daemon-reload && systemctl restart slm.service")
+    began = time.monotonic()
+    while True:
+        try:
+            if vm.get("/ready", timeout=10)[0] == 200:
+                break
+        except OSError:  # refused while it restarts
+            pass
+        assert time.monotonic() - began < 600, "not ready with the adapter within 600 s"
+        time.sleep(2)
+    # later restarts (test_robustness) go back to the image's own configuration
+    host.run_expect([0], f"rm -r {dropin} && systemctl daemon-reload")
+    return f"{MODEL_ID}:{ADAPTER_NAME}"
+
+
+@pytest.fixture(scope="module")
+def device_load(doorman, with_adapter) -> dict[str, httpx.Response]:
+    """A device at its busiest, in the order it sees it: the service started with an
+    adapter, the prompt cache on; a short PDF ingested; then, at once, a cited answer from
+    it, an answer through the adapter, and a longer DOCX read by the limited child (through
+    the forwarded HTTPS port). Sized for TCG: each prompt is short and asks for two
+    tokens."""
     import threading
 
     import support.document_files as document_files
@@ -253,7 +308,12 @@ def device_load(doorman) -> dict[str, httpx.Response]:
             "log.docx", log, "application/vnd.openxmlformats-officedocument."
             "wordprocessingml.document")})
 
-    workers = [threading.Thread(target=cited), threading.Thread(target=reading)]
+    def adapted() -> None:
+        done["adapter"] = doorman.post("/v1/chat/completions", json={
+            "model": with_adapter, "max_tokens": 2, "temperature": 0,
+            "messages": [{"role": "user", "content": "Ahoy?"}]})
+
+    workers = [threading.Thread(target=f) for f in (cited, adapted, reading)]
     for t in workers:
         t.start()
     for t in workers:
@@ -270,6 +330,12 @@ def test_document_ingest_in_the_guest(device_load):
     log = device_load["log"]
     assert log.status_code == 201, log.text
     assert log.json()["kind"] == "docx" and log.json()["chunks"] > 1
+
+
+def test_an_answer_through_the_adapter_in_the_guest(device_load, with_adapter):
+    answer = device_load["adapter"]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == with_adapter
 
 
 def test_a_cited_answer_in_the_guest(doorman, device_load):
