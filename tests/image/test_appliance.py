@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -235,7 +236,7 @@ def _push(vm, data: bytes, path: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def with_adapter(vm, host, manifest, tmp_path_factory) -> str:
+def with_adapter(vm, host, manifest, tmp_path_factory) -> Iterator[str]:
     """The Doorman restarted with a LoRA adapter loaded, as an operator adds one: an adapter
     for the default model (generated), signed by the release's signer (build/with-sigstore.sh),
     its [[adapter]] table in a copy of the config that a runtime drop-in points the unit to.
@@ -275,7 +276,8 @@ def with_adapter(vm, host, manifest, tmp_path_factory) -> str:
         time.sleep(2)
     # later restarts (test_robustness) go back to the image's own configuration
     host.run_expect([0], f"rm -r {dropin} && systemctl daemon-reload")
-    return f"{MODEL_ID}:{ADAPTER_NAME}"
+    yield f"{MODEL_ID}:{ADAPTER_NAME}"
+    host.run(f"rm -r {ADAPTER_DIR}")  # /run is a small tmpfs: test_robustness needs room
 
 
 @pytest.fixture(scope="module")
