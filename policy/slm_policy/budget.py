@@ -1,13 +1,15 @@
-"""The memory-budget gate: run the service as on the appliance, fill its context with load,
-measure its peak, and compare with the budget and with the planner's prediction.
+"""The memory-budget gate: run the binary as the appliance does, put the device's busiest
+load on it, measure its peak, and compare with the budget and with the planner's prediction.
 
-Measured: VmHWM (peak RSS) summed over the service's process tree, PSS at the end, and the
-peak of a memory cgroup the service runs in when one can be created (v2 ``memory.peak``,
-v1 ``memory.max_usage_in_bytes``).
+Measured: the service's own peak RSS (VmHWM), the process tree's PSS and RssAnon + VmSwap
+sampled every 0.2 s (the document reader included while it lives), and the peak of a memory
+cgroup the service runs in when one can be created (v2 ``memory.peak``, v1
+``memory.max_usage_in_bytes``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -167,11 +169,25 @@ def service_command(binary: Path | None) -> list[str]:
     return [str(unpacked(binary))] if binary is not None else [sys.executable, "-m", "slm"]
 
 
-def _is_document_reader(pid: int) -> bool:
+def _cmdline(pid: int) -> bytes:
     try:
-        return b"extract-text" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
-        return False
+        return b""
+
+
+def _is_document_reader(pid: int) -> bool:
+    return b"extract-text" in _cmdline(pid).split(b"\0")
+
+
+def _prompt_cache_bytes(port: int) -> int:
+    """What the prompt cache holds now, from ``/metrics`` (``slm_prompt_cache_bytes``)."""
+    from slm_policy.budget_load import get_text
+
+    for line in get_text(port, "/metrics").splitlines():
+        if line.startswith("slm_prompt_cache_bytes "):
+            return int(float(line.split()[1]))
+    raise RuntimeError("/metrics has no slm_prompt_cache_bytes")
 
 
 class TreeSampler:
@@ -185,12 +201,16 @@ class TreeSampler:
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid, self.interval = pid, interval
         self.hwm = self.pss = self.anon_swap = self.long_lived_hwm = 0
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def sample(self) -> None:
-        pids = process_tree(self.pid)
+        # a child between fork and exec still shows the service's memory (a copy, or the
+        # same pages under vfork): counted only once it runs a program of its own
+        own = _cmdline(self.pid)
+        pids = [p for p in process_tree(self.pid) if p == self.pid or _cmdline(p) != own]
         hwm = sum(status_kb(p, "VmHWM") for p in pids) * 1024
         self.hwm = max(self.hwm, hwm)
         self.pss = max(self.pss, sum(_pss_kb(p) for p in pids) * 1024)
@@ -200,23 +220,30 @@ class TreeSampler:
             status_kb(p, "RssAnon") + status_kb(p, "VmSwap") for p in pids) * 1024)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
+        try:
+            while not self._stop.wait(self.interval):
+                self.sample()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by stop(): no stale peaks
+            self.error = exc
 
     def stop(self) -> None:
+        """Stop sampling; a sampling error is raised here, so no peak goes stale."""
         self._stop.set()
         self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"sampling the process tree failed: {self.error!r}")
 
 
 def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
-            budget_mb: float | None = None, threads: int = 2, concurrency: int = 3,
-            kv_type: str = "f16") -> dict[str, Any]:
+            budget_mb: float | None = None, baseline_mb: float | None = None,
+            threads: int = 2, concurrency: int = 3, kv_type: str = "f16") -> dict[str, Any]:
     """Start the service, fill its context from concurrent clients, return peak figures.
 
     With ``budget_mb`` (the gate): the service runs as on the appliance, with that memory
-    budget, the prompt cache on, a LoRA adapter that one client uses, and a document read
-    while the completions run. Without it (calibration): the model alone, prompt cache off.
-    """
+    budget and ``baseline_mb`` (as the image configures it), the prompt cache on (a shorter
+    prompt, sent twice, that it keeps), a LoRA adapter that one client uses, and a document
+    read while the completions run. Without it (calibration): the model alone, prompt cache
+    off."""
     from slm.model.file import default_model_path, sha256_of
 
     from slm_policy import budget_load as load
@@ -231,25 +258,34 @@ def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
             # the gate measures memory, not latency: on a busy machine three full-context
             # requests queued behind each other outlast the default 300 s deadline (504)
             "--request-timeout-s", "3600"]
-    adapter_bytes = 0
-    if full:
-        adapter = load.write_lora(work / "adapter.gguf", path)
-        adapter_bytes = adapter.stat().st_size
-        (work / "slm.toml").write_text(load.adapter_config(adapter, sha256_of(adapter),
-                                                           sha256_of(path)))
-        args += ["--config", str(work / "slm.toml"), "--memory-budget-mb", f"{budget_mb:g}"]
-    else:
-        args += ["--memory-budget-mb", "100000", "--prompt-cache-memory-mb", "0"]
     if model is not None or binary is not None:  # the unpacked tree has no model beside it
         args += ["--model", str(path), "--model-id", "m"]
-    cgroup = Cgroup()
-    _evict_from_page_cache(path)
-    # The child joins the cgroup before it execs: everything it maps is charged there.
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: cgroup.add(os.getpid()))
-    sampler = TreeSampler(proc.pid)
+    cgroup: Cgroup | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    sampler: TreeSampler | None = None
+    stderr = (work / "service.log").open("wb")
     try:
-        model_id = _wait_ready(proc, port)
+        adapter_bytes = 0
+        if full:
+            adapter = load.write_lora(work / "adapter.gguf", path)
+            adapter_bytes = adapter.stat().st_size
+            (work / "slm.toml").write_text(
+                load.adapter_config(adapter, sha256_of(adapter), sha256_of(path))
+                # the reader shares two cores with three full-context requests
+                + "[documents]\nextract_timeout_s = 600.0\n")
+            args += ["--config", str(work / "slm.toml"), "--memory-budget-mb",
+                     f"{budget_mb:g}"]
+            if baseline_mb is not None:
+                args += ["--memory-baseline-mb", f"{baseline_mb:.1f}"]
+        else:
+            args += ["--memory-budget-mb", "100000", "--prompt-cache-memory-mb", "0"]
+        cgroup = Cgroup()
+        _evict_from_page_cache(path)
+        # The child joins the cgroup before it execs: everything it maps is charged there.
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr,
+                                preexec_fn=lambda: cgroup.add(os.getpid()) if cgroup else None)
+        sampler = TreeSampler(proc.pid)
+        model_id = _wait_ready(proc, port, work / "service.log")
         # Size a prompt that fills the context but for the generated tokens.
         status, probe = load.post_json(port, "/v1/completions", {
             "model": model_id, "prompt": "lighthouse keeper " * 4, "max_tokens": 1})
@@ -259,15 +295,26 @@ def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
         repeats = int((ctx - 96) / per_repeat)
         errors: list[str] = []
 
+        def complete(who: str, target: str, prompt: str, stream: bool) -> None:
+            status, reply = load.post_json(port, "/v1/completions", {
+                "model": target, "prompt": prompt, "max_tokens": 48, "temperature": 0,
+                "stream": stream})
+            if status != 200:
+                errors.append(f"{who}: HTTP {status} {reply.get('error', '')}")
+
         def client(k: int) -> None:
             # client 0 goes through the adapter (its own prompt-cache entries, its weights)
             target = f"{model_id}:{load.ADAPTER_NAME}" if full and k == 0 else model_id
             for stream in (False, True):
-                status, reply = load.post_json(port, "/v1/completions", {
-                    "model": target, "prompt": f"{k} " + "lighthouse keeper " * repeats,
-                    "max_tokens": 48, "temperature": 0, "stream": stream})
-                if status != 200:
-                    errors.append(f"client {k}: HTTP {status} {reply.get('error', '')}")
+                complete(f"client {k}", target, f"{k} " + "lighthouse keeper " * repeats,
+                         stream)
+
+        def cached() -> None:
+            # a full-context snapshot is larger than the cache (KV of ctx tokens): a prompt
+            # of a few hundred tokens is kept, and its second request restores it
+            prompt = "harbour pilot " * int(384 / per_repeat)
+            for stream in (False, True):
+                complete("cached", model_id, prompt, stream)
 
         def reader() -> None:
             status, reply = load.upload(port, "harbour-log.docx", load.document())
@@ -276,29 +323,43 @@ def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
 
         workers = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
         if full:
-            workers.append(threading.Thread(target=reader))
+            workers += [threading.Thread(target=cached), threading.Thread(target=reader)]
         for t in workers:
             t.start()
         for t in workers:
             t.join()
         if errors:
             raise RuntimeError(f"load requests failed: {errors[:3]}")
+        cache_bytes = _prompt_cache_bytes(port) if full else 0
+        if full and cache_bytes == 0:
+            raise RuntimeError("the prompt cache holds nothing after the load: it was not "
+                               "exercised")
         sampler.stop()
         sampler.sample()  # once more, after the load: the long-lived tree's final state
         return {"measured": sampler.long_lived_hwm, "pss_peak": sampler.pss,
                 "hwm_sum_peak": sampler.hwm, "anon_swap_peak": sampler.anon_swap,
                 "cgroup_peak": cgroup.peak(), "cgroup": cgroup.describe(),
-                "adapter_bytes": adapter_bytes}
+                "adapter_bytes": adapter_bytes, "prompt_cache_bytes": cache_bytes}
     finally:
-        sampler.stop()
-        proc.terminate()
-        proc.wait(60)
-        cgroup.remove()
+        if sampler is not None:
+            with contextlib.suppress(RuntimeError):
+                sampler.stop()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+        stderr.close()
+        if cgroup is not None:
+            cgroup.remove()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> str:
-    """The served model id once ``/ready`` answers 200 (RuntimeError if the service exits)."""
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> str:
+    """The served model id once ``/ready`` answers 200 (RuntimeError with the last line of
+    its ``log`` if the service exits)."""
     from slm_policy.budget_load import request
 
     for _ in range(1200):
@@ -309,9 +370,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> str:
         except OSError:
             pass
         if proc.poll() is not None:
-            tail = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace")
+            lines = log.read_text(errors="replace").strip().splitlines()
             raise RuntimeError(f"the service exited with {proc.returncode}: "
-                               f"{tail.strip().splitlines()[-1:] or ''}")
+                               f"{lines[-1] if lines else '(no output)'}")
         time.sleep(0.1)
     raise RuntimeError("the service was not ready within 120 s")
 
@@ -337,15 +398,6 @@ def record_baseline(manifest: Path, baseline_mb: float) -> None:
     os.replace(tmp, manifest)
 
 
-def baseline_of(manifest: Path) -> float:
-    """The runtime baseline measured for this build (ValueError if it was never measured)."""
-    try:
-        return float(json.loads(manifest.read_text())["runtime_baseline_mb"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{manifest}: no measured runtime_baseline_mb ({exc}); run "
-                         "slm-gate budget --calibrate --binary-manifest first") from None
-
-
 def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
              configured_ctx: int, baseline_mb: float, binary: Path | None = None,
              kv_type: str = "f16") -> tuple[bool, list[dict[str, Any]]]:
@@ -355,20 +407,17 @@ def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
     The peak judged is the largest of: the cgroup's ``memory.peak`` (page cache
     included), the tree's sampled PSS and its RssAnon + VmSwap (the document reader
     included while it lives), and the service's own peak RSS (VmHWM). The prediction is
-    the planner's footprint plus what the load adds by design (the prompt cache's
-    allowance, the adapter's tensors) against that VmHWM."""
-    from slm.config.settings import Settings
+    the planner's footprint plus what the load adds by design (what the prompt cache
+    held at the end, the adapter's tensors) against that VmHWM."""
     from slm.model.file import default_model_path
 
     path = model or default_model_path()
-    cache_mb = Settings().prompt_cache_memory_mb
     rows, ok = [], True
     for ctx in contexts:
         predicted = plan(path, n_ctx=ctx, kv_type=kv_type, baseline_mb=baseline_mb)
-        room = budget.budget_mb * MB - predicted.total
-        prompt_cache = int(max(0, min(cache_mb * MB, room)))
-        got = measure(model, ctx, binary=binary, budget_mb=budget.budget_mb, kv_type=kv_type)
-        expected = predicted.total + prompt_cache + got["adapter_bytes"]
+        got = measure(model, ctx, binary=binary, budget_mb=budget.budget_mb,
+                      baseline_mb=baseline_mb, kv_type=kv_type)
+        expected = predicted.total + got["prompt_cache_bytes"] + got["adapter_bytes"]
         measured = got["measured"]
         error = (expected - measured) / measured
         peak = max(got["measured"], got["pss_peak"], got["anon_swap_peak"],
@@ -378,6 +427,6 @@ def run_gate(model: Path | None, contexts: list[int], budget: Budget, *,
         ok = ok and not over and not bad_prediction
         rows.append({"ctx": ctx, "predicted": expected, "measured": measured, "error": error,
                      "peak": peak, "over_budget": over, "bad_prediction": bad_prediction,
-                     "prompt_cache_allowance": prompt_cache, **got,
+                     **got,
                      "plan": predicted.as_dict()})
     return ok, rows

@@ -91,6 +91,20 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
         return resp.status, {}
 
 
+def get_text(port: int, path: str) -> str:
+    """``GET path`` on loopback; the body as text (RuntimeError unless 200)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"GET {path}: HTTP {resp.status}")
+    return body
+
+
 def post_json(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return request(port, "POST", path, json.dumps(body).encode(),
                    {"Content-Type": "application/json"})

@@ -1,4 +1,6 @@
-"""``slm-gate licenses``: the license gate over an environment and its models.
+"""``slm-gate``: the release gates. ``licenses`` judges an environment and its models and,
+given them, every file of the binary's tree, the OS libraries it links, Litestream's Go
+modules and an image's packages; ``budget``, ``image``, ``sign`` and ``verify``.
 
 Exit codes: 0 every component allowed, 1 any violation, 2 broken policy or an environment
 that cannot be inspected. One line per violation on stderr; the table on stdout.
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         shipped = _shipped(args)
     except GateError as exc:
         print(f"slm-gate: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # an unreadable tree or root: cannot judge
+        print(f"slm-gate: error: cannot inspect what ships: {exc}", file=sys.stderr)
         return 2
     report = evaluate(policy, packages, libs, models, unlisted, shipped)
     print(_table(report))

@@ -55,6 +55,8 @@ def read_copyright(path: Path) -> Copyright | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise InventoryError(f"cannot read {path}: {exc.strerror}") from None
     text = data.decode("utf-8", errors="replace")
     sha256 = hashlib.sha256(data).hexdigest()
     if not _DEP5.match(text.lstrip()):
@@ -79,15 +81,21 @@ def _admindir(root: Path) -> str:
 
 def installed_packages(root: Path) -> list[DebianPackage]:
     """Every package installed in ``root``, sorted by name."""
-    done = subprocess.run(["dpkg-query", _admindir(root), "-W", "-f",
-                           "${Package}\t${Version}\t${Architecture}\t${Section}\n"],
-                          capture_output=True, text=True)
+    try:
+        done = subprocess.run(["dpkg-query", _admindir(root), "-W", "-f",
+                               "${db:Status-Abbrev}\t${Package}\t${Version}\t"
+                               "${Architecture}\t${Section}\n"],
+                              capture_output=True, text=True)
+    except OSError as exc:
+        raise InventoryError(f"cannot run dpkg-query: {exc.strerror}") from None
     if done.returncode != 0:
         raise InventoryError(f"dpkg-query cannot read the packages of {root}: "
                              f"{done.stderr.strip()[-200:]}")
     out = []
     for line in sorted(done.stdout.splitlines()):
-        name, version, arch, section = line.split("\t")
+        status, name, version, arch, section = line.split("\t")
+        if not status.startswith("ii"):  # removed, config files only, half-installed
+            continue
         out.append(DebianPackage(name, version, arch, section, read_copyright(
             root / "usr/share/doc" / name / "copyright")))
     return out
@@ -98,13 +106,16 @@ def owners(root: Path, file_names: list[str]) -> dict[str, tuple[str, str]]:
     named so (any directory); names no package owns are left out."""
     if not file_names:
         return {}
-    done = subprocess.run(["dpkg-query", _admindir(root), "-S",
-                           *(f"*/{name}" for name in file_names)],
-                          capture_output=True, text=True)
+    try:
+        done = subprocess.run(["dpkg-query", _admindir(root), "-S",
+                               *(f"*/{name}" for name in file_names)],
+                              capture_output=True, text=True)
+    except OSError as exc:
+        raise InventoryError(f"cannot run dpkg-query: {exc.strerror}") from None
     found: dict[str, tuple[str, str]] = {}
     for line in done.stdout.splitlines():
         match = _OWNER.match(line)
-        if not match or line.startswith("diversion by"):
+        if not match or "diversion" in line.split(":")[0]:  # diversion by/local diversion
             continue
         package = match["packages"].split(", ")[0].split(":")[0]
         path = match["path"]

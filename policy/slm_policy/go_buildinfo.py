@@ -49,6 +49,8 @@ def read_build_info(binary: Path) -> GoBuildInfo:
     at = data.find(_MAGIC)
     if at < 0:
         raise InventoryError(f"{binary}: no Go build information (not a Go binary?)")
+    if len(data) < at + 33:
+        raise InventoryError(f"{binary}: truncated Go build information")
     flags = data[at + 15]
     if not flags & 0x2:
         raise InventoryError(f"{binary}: Go build information in the pre-1.18 format")

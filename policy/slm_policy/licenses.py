@@ -22,7 +22,14 @@ from license_expression import (
 from slm_policy.debian import DebianPackage
 from slm_policy.go_buildinfo import GoBuildInfo, GoModule
 from slm_policy.inventory import Model, NativeLibrary, PythonPackage
-from slm_policy.policy_file import LICENSING, Exception_, Policy, normalise_name, spdx
+from slm_policy.policy_file import (
+    LICENSING,
+    Exception_,
+    Policy,
+    go_entry_covers,
+    normalise_name,
+    spdx,
+)
 from slm_policy.shipped_tree import RunTimeLink, ShippedTree, TreeFile
 
 
@@ -389,4 +396,12 @@ def _stale_shipped(gate: Gate, shipped: Shipped) -> list[str]:
         if shipped.os_packages:
             out += [f"unused os_linked entry: {e.package}" for e in gate.policy.os_linked
                     if e.package not in gate.used_os_linked]
+    if shipped.os_packages:
+        out += [f"unused os_clarification: {c.package}"
+                for c in gate.policy.os_clarifications
+                if c.package not in gate.used_os_clarifications]
+    if shipped.go is not None:
+        modules = [m.path for m in (shipped.go.main, *shipped.go.deps)]
+        out += [f"unused go_modules entry: {entry}" for entry in gate.policy.go_modules
+                if entry != "std" and not any(go_entry_covers(entry, m) for m in modules)]
     return out

@@ -113,10 +113,11 @@ class Policy:
     os: OsPolicy = field(default_factory=OsPolicy)
 
     def go_license(self, module: str) -> str | None:
-        """The SPDX expression of a Go module: the longest matching prefix wins."""
-        best = max((p for p in self.go_modules if module == p or module.startswith(p)),
-                   key=len, default=None)
+        """The SPDX expression of a Go module: the longest entry covering it wins."""
+        best = max((p for p in self.go_modules if go_entry_covers(p, module)), key=len,
+                   default=None)
         return self.go_modules[best] if best is not None else None
+
 
     def exception_for(self, name: str, version: str) -> Exception_ | None:
         for exc in self.exceptions:
@@ -130,6 +131,13 @@ class Policy:
                 return clar
         return None
 
+
+def go_entry_covers(entry: str, module: str) -> bool:
+    """Whether a ``[go_modules]`` entry covers a module path: its own path and the paths
+    below it; an entry ending in ``/`` only those below."""
+    if entry.endswith("/"):
+        return module.startswith(entry)
+    return module == entry or module.startswith(entry + "/")
 
 def _table(doc: dict[str, Any], key: str, path: Path) -> dict[str, str]:
     table = doc.get(key, {})

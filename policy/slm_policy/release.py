@@ -38,24 +38,19 @@ ARCHITECTURES = ("amd64", "arm64")
 
 @dataclass(frozen=True)
 class ReleaseIdentity:
-    """What a release is: for which architecture (Debian's name), which version (PEP 440:
-    the product version and the build number, ``0.1.0.128``) and from which source commit."""
+    """What a release is: for which architecture (Debian's name), which version (dotted
+    numbers: the product version and the build number, ``0.1.0.128``) and from which source
+    commit."""
 
     architecture: str
     version: str
     commit: str
 
     def __post_init__(self) -> None:
-        from packaging.version import InvalidVersion, Version
-
         if self.architecture not in ARCHITECTURES:
             raise ReleaseError(f"release architecture {self.architecture!r} is not one of "
                                f"{', '.join(ARCHITECTURES)}")
-        try:
-            Version(self.version)
-        except InvalidVersion:
-            raise ReleaseError(f"release version {self.version!r} is not a PEP 440 "
-                               "version") from None
+        _version_key(self.version, "release version")
         if not re.fullmatch(r"[0-9a-f]{40}", self.commit):
             raise ReleaseError(f"release commit {self.commit!r} is not a 40-hex git commit")
 
@@ -64,14 +59,20 @@ class ReleaseIdentity:
                 "commit": self.commit}
 
     def older_than(self, version: str) -> bool:
-        """Whether this release is older than ``version`` (PEP 440 ordering)."""
-        from packaging.version import InvalidVersion, Version
+        """Whether this release is older than ``version``, in the order the device uses
+        (``slm.model.release_floor.version_key``)."""
+        return _version_key(self.version, "release version") < _version_key(
+            version, "installed version")
 
-        try:
-            return Version(self.version) < Version(version)
-        except InvalidVersion:
-            raise ReleaseError(f"installed version {version!r} is not a PEP 440 "
-                               "version") from None
+
+def _version_key(version: str, what: str) -> tuple[int, ...]:
+    from slm.model.release_floor import version_key
+
+    try:
+        return version_key(version)
+    except SignatureError:
+        raise ReleaseError(f"{what} {version!r} is not dotted numbers (e.g. "
+                           "0.1.0.128)") from None
 
 
 def identity_of_binary(binary_manifest: Path) -> ReleaseIdentity:
@@ -82,6 +83,8 @@ def identity_of_binary(binary_manifest: Path) -> ReleaseIdentity:
         return ReleaseIdentity(doc["architecture"], doc["version"], doc["commit"])
     except FileNotFoundError:
         raise ReleaseError(f"binary manifest not found: {binary_manifest}") from None
+    except OSError as exc:
+        raise ReleaseError(f"cannot read {binary_manifest}: {exc.strerror}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ReleaseError(f"binary manifest {binary_manifest} names no release identity "
                            f"(architecture, version, commit): {exc}") from None

@@ -60,7 +60,10 @@ class ShippedTree:
 
 
 def _probe(python: str) -> dict[str, Any]:
-    done = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True)
+    try:
+        done = subprocess.run([python, "-I", "-c", _PROBE], capture_output=True, text=True)
+    except OSError as exc:
+        raise InventoryError(f"cannot run {python}: {exc.strerror}") from None
     if done.returncode != 0:
         raise InventoryError(f"cannot inspect {python}: {done.stderr.strip()[-300:]}")
     probe: dict[str, Any] = json.loads(done.stdout)
@@ -99,7 +102,10 @@ def read_tree(tree: Path, python: str, build_root: Path) -> ShippedTree:
 
 
 def _needed(path: Path) -> list[str]:
-    done = subprocess.run(["readelf", "-dW", str(path)], capture_output=True, text=True)
+    try:
+        done = subprocess.run(["readelf", "-dW", str(path)], capture_output=True, text=True)
+    except OSError as exc:
+        raise InventoryError(f"cannot run readelf (binutils): {exc.strerror}") from None
     return _NEEDED.findall(done.stdout) if done.returncode == 0 else []
 
 

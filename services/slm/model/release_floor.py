@@ -19,11 +19,16 @@ from pathlib import Path
 from slm.errors import SignatureError
 
 
-def _key(version: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in version.split("."))
-    except ValueError:
-        raise SignatureError(f"release version {version!r} is not dotted numbers") from None
+def version_key(version: str) -> tuple[int, ...]:
+    """The order of release versions (dotted numbers, ``0.1.0.128``; trailing zeros do
+    not count: ``0.1`` == ``0.1.0``), shared by the device and ``slm-gate verify``."""
+    parts = version.split(".")
+    if not all(p.isdigit() and p.isascii() for p in parts):
+        raise SignatureError(f"release version {version!r} is not dotted numbers")
+    key = [int(p) for p in parts]
+    while key and key[-1] == 0:
+        key.pop()
+    return tuple(key)
 
 
 def release_in_file_list(path: Path, verified_sha256: str) -> str | None:
@@ -42,12 +47,15 @@ def release_in_file_list(path: Path, verified_sha256: str) -> str | None:
 def installed(floor: Path) -> str | None:
     """The newest release this device has served (None: none recorded yet)."""
     try:
-        return floor.read_text().strip() or None
+        return floor.read_text(encoding="ascii").strip() or None
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise SignatureError(f"{floor}: cannot read the installed release: "
                              f"{exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SignatureError(f"{floor}: the installed release record is not a version",
+                             hint="restore it, or remove it to accept any release") from None
 
 
 def refuse_downgrade(version: str | None, floor: Path) -> None:
@@ -59,7 +67,13 @@ def refuse_downgrade(version: str | None, floor: Path) -> None:
     if version is None:
         raise SignatureError(f"the signed file list names no release, but this device has "
                              f"served release {newest} ({floor})")
-    if _key(version) < _key(newest):
+    try:
+        newest_key = version_key(newest)
+    except SignatureError:
+        raise SignatureError(f"{floor}: the installed release record {newest!r} is not a "
+                             "version", hint="restore it, or remove it to accept any "
+                             "release") from None
+    if version_key(version) < newest_key:
         raise SignatureError(
             f"release {version} is older than {newest}, the newest this device has served: "
             "a downgrade is refused", hint=f"install release {newest} or newer")
@@ -67,10 +81,19 @@ def refuse_downgrade(version: str | None, floor: Path) -> None:
 
 def record_served(version: str, floor: Path) -> bool:
     """Raise the floor to ``version`` (never lower it), atomically; whether it changed."""
+    version_key(version)  # never record what could not be compared later
     newest = installed(floor)
-    if newest is not None and _key(version) <= _key(newest):
+    if newest is not None and version_key(version) <= version_key(newest):
         return False
     tmp = floor.with_name(f".{floor.name}.tmp")
-    tmp.write_text(version + "\n")
+    with tmp.open("w", encoding="ascii") as fh:
+        fh.write(version + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, floor)
+    directory = os.open(floor.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return True

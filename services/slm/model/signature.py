@@ -11,6 +11,7 @@ the signed timestamps.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -34,7 +35,8 @@ def digest_uncached(fh: Any) -> bytes:
     start must not leave them charged to the service's memory cgroup. Pages someone maps
     (llama.cpp's model, the loaded libraries) stay; they are theirs."""
     digest = hashlib.file_digest(fh, "sha256").digest()
-    os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    with contextlib.suppress(OSError):  # a hint: a file system without it changes nothing
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     return digest
 
 

@@ -251,6 +251,8 @@ def record_release(settings: Settings, release: str | None) -> None:
     except OSError as exc:
         log.warning("cannot record the installed release in %s: %s",
                     settings.installed_release, exc.strerror)
+    except SlmError as exc:  # serving goes on; the next start judges the record again
+        log.warning("cannot record the installed release: %s", exc.one_line())
 
 
 def serve(settings: Settings, api_keys: list[str]) -> int:

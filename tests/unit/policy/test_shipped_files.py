@@ -163,7 +163,13 @@ def os_root(tmp_path: Path) -> Path:
     status += _package(root, "freeprog", "utils", DEP5 + "Files: *\nLicense: GPL-2+\n")
     status += _package(root, "blob", "non-free/misc", DEP5 + "Files: *\nLicense: custom\n")
     status += _package(root, "mystery", "misc", None)
+    # removed, its configuration kept: not installed, not judged
+    status += _package(root, "gone", "misc", None).replace(
+        "install ok installed", "deinstall ok config-files")
     (root / "var/lib/dpkg/status").write_text(status)
+    # a local diversion of the C library: dpkg-query prints it first; never an owner
+    libc_path = next(iter((root / "var/lib/dpkg/info/libc6.list").read_text().split()))
+    (root / "var/lib/dpkg/diversions").write_text(f"{libc_path}\n{libc_path}.real\n:\n")
     return root
 
 
@@ -177,6 +183,7 @@ def test_image_packages_by_the_os_component_policy(gate, tree, os_root, tmp_path
     assert any("os mystery==1.0-1" in d and "no /usr/share/doc/PKG/copyright" in d
                for d in lines), lines
     assert not any(" freeprog" in d for d in lines)  # a copyleft OS program, recorded
+    assert not any(" gone" in d for d in lines)
     assert any("os-link libc.so.6 (libc6)" in d and "add an [[os_linked]] entry for libc6"
                in d for d in lines), lines
     bom = json.loads(sbom.read_text())
@@ -218,6 +225,20 @@ def test_every_go_module_of_litestream_is_reviewed_by_the_project_policy(gate, t
     assert unknown.returncode == 1
     assert any("go modernc.org/sqlite==v1.49.1" in d and "no [go_modules] entry" in d
                for d in denials(unknown))
+
+
+def test_go_entries_cover_their_path_and_below_only(tmp_path):
+    from slm_policy.policy_file import Policy
+
+    policy = Policy({}, {}, {}, go_modules={
+        "std": "BSD-3-Clause", "github.com/aws/aws-sdk-go-v2": "Apache-2.0 AND BSD-3-Clause",
+        "github.com/aws/aws-sdk-go-v2/": "Apache-2.0", "github.com/mattn/": "MIT"})
+    assert policy.go_license("github.com/aws/aws-sdk-go-v2") == "Apache-2.0 AND BSD-3-Clause"
+    assert policy.go_license("github.com/aws/aws-sdk-go-v2/config") == "Apache-2.0"
+    assert policy.go_license("github.com/aws/aws-sdk-go-v22") is None
+    assert policy.go_license("github.com/mattn/go-isatty") == "MIT"
+    assert policy.go_license("github.com/mattn") is None
+    assert policy.go_license("stdfoo.io/x") is None
 
 
 def test_a_binary_without_go_build_info_is_a_clear_error(gate, tmp_path):
