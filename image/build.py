@@ -311,6 +311,9 @@ def _set_memory_baseline(rootfs: Path, binary_manifest: dict) -> float | None:
               "service keeps its default memory.baseline_mb", file=sys.stderr)
         return None
     config = rootfs / "etc/slm/slm.toml"
+    if "[memory]" in config.read_text():
+        raise ImageBuildError(f"{config} already has a [memory] section; the build writes "
+                              "its baseline_mb")
     config.write_text(config.read_text() + (
         "\n[memory]\n# the binary's runtime baseline, measured by `just budget` on this build\n"
         f"baseline_mb = {float(baseline)}\n"))

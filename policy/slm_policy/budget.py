@@ -385,6 +385,10 @@ def calibrate(model: Path | None = None, ctx: int = 512, *,
 
     measured = measure(model, ctx, binary=binary)["measured"]
     parts = plan(model or default_model_path(), n_ctx=ctx, baseline_mb=0).total
+    if measured <= parts:
+        raise RuntimeError(f"the service's peak ({measured / MB:.1f} MB) is below the "
+                           f"planned model parts ({parts / MB:.1f} MB): no baseline can be "
+                           "derived; the planner overestimates this model")
     return float((measured - parts) / MB)
 
 
