@@ -226,7 +226,8 @@ def _budget(args: argparse.Namespace) -> int:
     mb = 1e6
     print(f"memory budget {budget.budget_mb:g} MB at context {args.configured_ctx}; "
           f"tolerance {budget.prediction_tolerance:.0%}; load: 3 full-context clients (one "
-          "through a LoRA adapter), the prompt cache on, a DOCX read meanwhile")
+          "through a LoRA adapter), a prompt the prompt cache keeps and restores, a DOCX "
+          "read meanwhile")
     print(f"{'ctx':>6} {'predicted':>10} {'measured':>10} {'error':>7} {'PSS':>8} "
           f"{'anon+swap':>10} {'cgroup':>8} {'VmHWM':>8}  verdict")
     for r in rows:
@@ -237,7 +238,7 @@ def _budget(args: argparse.Namespace) -> int:
               f"{r['error']:+7.1%} {r['pss_peak'] / mb:8.1f} {r['anon_swap_peak'] / mb:10.1f} "
               f"{cg} {r['hwm_sum_peak'] / mb:8.1f}  {verdict}")
     print("(MB, 10^6 bytes, sampled every 0.2 s over the service's process tree. "
-          "predicted = the planner's footprint + the prompt cache's allowance + the adapter; "
+          "predicted = the planner's footprint + what the prompt cache holds + the adapter; "
           "measured = the service's peak RSS (VmHWM of the processes that outlive the "
           "load); PSS and anon+swap = the peak sums of PSS and of RssAnon + VmSwap, the "
           "document reader included while it ran; cgroup = the peak of the memory cgroup the "
