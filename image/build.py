@@ -44,6 +44,7 @@ from image_errors import ImageBuildError, SigningSetupError
 from payload_signing import ImageSigning
 from slm.model.file import sha256_of
 from slm.model.signature import bundle_path_for
+from slm_policy.release import ReleaseError, identity_of_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SRC = ROOT / "image"
@@ -320,15 +321,6 @@ def _set_memory_baseline(rootfs: Path, binary_manifest: dict) -> float | None:
     return float(baseline)
 
 
-def release_of(binary_manifest: dict) -> dict[str, str]:
-    """The release identity the binary's build recorded (architecture, version, commit)."""
-    try:
-        return {k: str(binary_manifest[k]) for k in ("architecture", "version", "commit")}
-    except KeyError as exc:
-        raise ImageBuildError(f"the binary's manifest names no release {exc.args[0]}",
-                              hint="rebuild it: just binary") from None
-
-
 def judge_licenses(arch: str, payload: Path, rootfs: Path, model: Path,
                    binary_manifest: dict, out_dir: Path) -> dict:
     """The license gate over what this image ships, file by file: the binary's unpacked
@@ -446,6 +438,10 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
     if not binary.is_file() or not manifest_path.is_file():
         raise ImageBuildError(f"{binary} (and its .manifest.json) not found: run just binary")
     binary_manifest = json.loads(manifest_path.read_text())
+    try:  # architecture, version, commit: what the signed file list and the manifest name
+        release = identity_of_binary(manifest_path).as_dict()
+    except ReleaseError as exc:
+        raise ImageBuildError(exc.message, hint="rebuild it: just binary") from None
     if binary_manifest["machine"] != _qemu_arch(arch):
         raise ImageBuildError(f"{binary} is for {binary_manifest['machine']}, not {arch}")
     model = binary.parent.parent / "share/slm" / binary_manifest["model"]["file"]
@@ -482,7 +478,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
     _customize(recipe, rootfs, authorized_keys)
     try:
         sealed = signing.seal(rootfs, PAYLOAD, rootfs / installed["model"]["path"].lstrip("/"),
-                              bundle_path_for(model), work, release_of(binary_manifest))
+                              bundle_path_for(model), work, release)
     except SigningSetupError as exc:
         raise ImageBuildError(exc.message, hint=exc.hint) from None
     installed["signing"] = {**sealed, "build_verify_seconds": verify_seconds}
@@ -495,7 +491,7 @@ def build(arch: str, binary: Path, authorized_keys: Path | None, out_dir: Path,
     shutil.copy2(kernel, out_dir / "vmlinuz")
     shutil.copy2(initrd, out_dir / "initrd.img")
     largest = _largest(rootfs)
-    image_info = {"arch": arch, "release": release_of(binary_manifest),
+    image_info = {"arch": arch, "release": release,
                   "suite": recipe["suite"], "mirror": recipe.get("mirror") or
                   "build machine's apt sources", "source_date_epoch": epoch,
                   "kernel": kernel.name.removeprefix("vmlinuz-"), **installed}

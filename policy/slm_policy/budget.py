@@ -26,6 +26,8 @@ from typing import Any
 
 from slm.model.planner import MB, plan
 
+from slm_policy import budget_load as load
+
 POLICY = Path(__file__).resolve().parents[1] / "budget.toml"
 
 
@@ -113,16 +115,20 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def status_kb(pid: int, field: str) -> int:
-    """One ``kB`` field of ``/proc/PID/status`` (0 once the process is gone)."""
+def status_fields_kb(pid: int) -> dict[str, int]:
+    """The ``kB`` fields of ``/proc/PID/status``, read once (empty once the process is
+    gone)."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except (FileNotFoundError, ProcessLookupError):
-        return 0
-    for line in lines:
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+        return {}
+    return {name: int(rest.split()[0]) for name, _, rest in
+            (line.partition(":") for line in lines) if rest.strip().endswith(" kB")}
+
+
+def status_kb(pid: int, field: str) -> int:
+    """One ``kB`` field of ``/proc/PID/status`` (0 once the process is gone)."""
+    return status_fields_kb(pid).get(field, 0)
 
 
 def _pss_kb(pid: int) -> int:
@@ -176,15 +182,13 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _is_document_reader(pid: int) -> bool:
-    return b"extract-text" in _cmdline(pid).split(b"\0")
+def _is_document_reader(command: bytes) -> bool:
+    return b"extract-text" in command.split(b"\0")
 
 
 def _prompt_cache_bytes(port: int) -> int:
     """What the prompt cache holds now, from ``/metrics`` (``slm_prompt_cache_bytes``)."""
-    from slm_policy.budget_load import get_text
-
-    for line in get_text(port, "/metrics").splitlines():
+    for line in load.get_text(port, "/metrics").splitlines():
         if line.startswith("slm_prompt_cache_bytes "):
             return int(float(line.split()[1]))
     raise RuntimeError("/metrics has no slm_prompt_cache_bytes")
@@ -209,15 +213,17 @@ class TreeSampler:
     def sample(self) -> None:
         # a child between fork and exec still shows the service's memory (a copy, or the
         # same pages under vfork): counted only once it runs a program of its own
-        own = _cmdline(self.pid)
-        pids = [p for p in process_tree(self.pid) if p == self.pid or _cmdline(p) != own]
-        hwm = sum(status_kb(p, "VmHWM") for p in pids) * 1024
+        commands = {p: _cmdline(p) for p in process_tree(self.pid)}
+        own = commands.get(self.pid, b"")
+        pids = [p for p, command in commands.items() if p == self.pid or command != own]
+        status = [status_fields_kb(p) for p in pids]
+        hwm = sum(s.get("VmHWM", 0) for s in status) * 1024
         self.hwm = max(self.hwm, hwm)
         self.pss = max(self.pss, sum(_pss_kb(p) for p in pids) * 1024)
-        if not any(_is_document_reader(p) for p in pids):
+        if not any(_is_document_reader(commands[p]) for p in pids):
             self.long_lived_hwm = hwm  # VmHWM never falls: the last reading is the peak
         self.anon_swap = max(self.anon_swap, sum(
-            status_kb(p, "RssAnon") + status_kb(p, "VmSwap") for p in pids) * 1024)
+            s.get("RssAnon", 0) + s.get("VmSwap", 0) for s in status) * 1024)
 
     def _run(self) -> None:
         try:
@@ -245,8 +251,6 @@ def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
     read while the completions run. Without it (calibration): the model alone, prompt cache
     off."""
     from slm.model.file import default_model_path, sha256_of
-
-    from slm_policy import budget_load as load
 
     path = model or default_model_path()
     port = _free_port()
@@ -360,12 +364,10 @@ def measure(model: Path | None, ctx: int, *, binary: Path | None = None,
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> str:
     """The served model id once ``/ready`` answers 200 (RuntimeError with the last line of
     its ``log`` if the service exits)."""
-    from slm_policy.budget_load import request
-
     for _ in range(1200):
         try:
-            if request(port, "GET", "/ready", timeout=5)[0] == 200:
-                model_id: str = request(port, "GET", "/v1/models")[1]["data"][0]["id"]
+            if load.request(port, "GET", "/ready", timeout=5)[0] == 200:
+                model_id: str = load.request(port, "GET", "/v1/models")[1]["data"][0]["id"]
                 return model_id
         except OSError:
             pass

@@ -176,6 +176,18 @@ def _require(entry: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
         raise PolicyError(f"{where}: missing {', '.join(missing)}")
 
 
+def _entries(doc: dict[str, Any], key: str, path: Path,
+             required: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """The ``[[key]]`` tables of the policy, each with where it is (for messages) and
+    checked to have every ``required`` field."""
+    out = []
+    for i, entry in enumerate(doc.get(key, [])):
+        where = f"{path} [[{key}]] #{i + 1}"
+        _require(entry, required, where)
+        out.append((where, entry))
+    return out
+
+
 def load_policy(path: Path) -> Policy:
     """Parse and validate the policy; PolicyError names what is wrong."""
     try:
@@ -198,13 +210,15 @@ def _load_policy(path: Path) -> Policy:
     if unknown:
         raise PolicyError(f"{path}: unknown section(s): {', '.join(sorted(unknown))}")
     allow = {}
-    for entry, reason in _table(doc, "allow", path).items():
-        canonical = _check_expression(entry, f"{path} [allow]")
+    for license_id, reason in _table(doc, "allow", path).items():
+        canonical = _check_expression(license_id, f"{path} [allow]")
         if not reason.strip():
-            raise PolicyError(f"{path} [allow] {entry}: every allowed license needs a reason")
+            raise PolicyError(f"{path} [allow] {license_id}: every allowed license needs a "
+                              "reason")
         if DENIED_FAMILIES.match(canonical):  # also with a WITH exception
-            raise PolicyError(f"{path} [allow] {entry}: copyleft and source-available licenses "
-                              "cannot be allowed globally; add a pinned [[exception]]")
+            raise PolicyError(f"{path} [allow] {license_id}: copyleft and source-available "
+                              "licenses cannot be allowed globally; add a pinned "
+                              "[[exception]]")
         allow[canonical] = reason
     classifiers = _table(doc, "classifiers", path)
     for name, spdx in classifiers.items():
@@ -214,27 +228,24 @@ def _load_policy(path: Path) -> Policy:
     for name, spdx in models.items():
         _check_expression(spdx, f"{path} [models] {name!r}")
     exceptions = []
-    for i, entry in enumerate(doc.get("exception", [])):
-        where = f"{path} [[exception]] #{i + 1}"
-        _require(entry, ("package", "version", "licenses", "reason"), where)
+    for where, entry in _entries(doc, "exception", path,
+                                 ("package", "version", "licenses", "reason")):
         if not isinstance(entry["licenses"], list):
             raise PolicyError(f"{where}: licenses must be a list of SPDX ids")
         licenses = frozenset(_check_expression(x, where) for x in entry["licenses"])
         exceptions.append(Exception_(normalise_name(entry["package"]), str(entry["version"]),
                                      licenses, entry["reason"].strip()))
     clarifications = []
-    for i, entry in enumerate(doc.get("clarification", [])):
-        where = f"{path} [[clarification]] #{i + 1}"
-        _require(entry, ("package", "version", "license", "license_file_sha256", "reason"),
-                 where)
+    for where, entry in _entries(doc, "clarification", path,
+                                 ("package", "version", "license", "license_file_sha256",
+                                  "reason")):
         clarifications.append(Clarification(
             normalise_name(entry["package"]), str(entry["version"]),
             _check_expression(entry["license"], where),
             entry["license_file_sha256"].lower(), entry["reason"].strip()))
     model_exceptions = []
-    for i, entry in enumerate(doc.get("model_exception", [])):
-        where = f"{path} [[model_exception]] #{i + 1}"
-        _require(entry, ("sha256", "license", "reason"), where)
+    for _where, entry in _entries(doc, "model_exception", path,
+                                  ("sha256", "license", "reason")):
         model_exceptions.append(ModelException(entry["sha256"].lower(), entry["license"],
                                                entry["reason"].strip()))
     debian_licenses = _table(doc, "debian_licenses", path)
@@ -244,22 +255,18 @@ def _load_policy(path: Path) -> Policy:
     for name, spdx_id in go_modules.items():
         _check_expression(spdx_id, f"{path} [go_modules] {name!r}")
     native = []
-    for i, entry in enumerate(doc.get("native_clarification", [])):
-        where = f"{path} [[native_clarification]] #{i + 1}"
-        _require(entry, ("package", "license", "copyright_sha256", "reason"), where)
+    for where, entry in _entries(doc, "native_clarification", path,
+                                 ("package", "license", "copyright_sha256", "reason")):
         native.append(NativeClarification(entry["package"], _check_expression(
             entry["license"], where), entry["copyright_sha256"].lower(),
             entry["reason"].strip()))
     linked = []
-    for i, entry in enumerate(doc.get("os_linked", [])):
-        where = f"{path} [[os_linked]] #{i + 1}"
-        _require(entry, ("package", "license", "reason"), where)
+    for where, entry in _entries(doc, "os_linked", path, ("package", "license", "reason")):
         linked.append(OsLinked(entry["package"], _check_expression(entry["license"], where),
                                entry["reason"].strip()))
     os_clarifications = []
-    for i, entry in enumerate(doc.get("os_clarification", [])):
-        where = f"{path} [[os_clarification]] #{i + 1}"
-        _require(entry, ("package", "licenses", "copyright_sha256", "reason"), where)
+    for _where, entry in _entries(doc, "os_clarification", path,
+                                  ("package", "licenses", "copyright_sha256", "reason")):
         os_clarifications.append(OsClarification(
             entry["package"], tuple(str(x) for x in entry["licenses"]),
             entry["copyright_sha256"].lower(), entry["reason"].strip()))
